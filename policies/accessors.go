@@ -2,6 +2,7 @@ package policies
 
 import (
 	"net"
+	"path/filepath"
 	"time"
 )
 
@@ -43,4 +44,32 @@ func (c *Config) MaxWait(target string) time.Duration {
 		}
 	}
 	return longest
+}
+
+// resolvePaths makes every relative file path in the config relative to the
+// directory of the config file, not to wherever sluice was started: a
+// config and the certificates beside it move together.
+func resolvePaths(c *Config, dir string) {
+	if dir == "" || dir == "." {
+		return
+	}
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.Audit.SigningKeyFile)
+	abs(&c.Approvers.WebhookURLFile)
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		abs(&t.Credentials.PasswordFile)
+		abs(&t.Credentials.BearerFile)
+		abs(&t.Credentials.ClientCertFile)
+		abs(&t.Credentials.ClientKeyFile)
+		abs(&t.UpstreamCAFile)
+		if t.TLS != nil {
+			abs(&t.TLS.CertFile)
+			abs(&t.TLS.KeyFile)
+		}
+	}
 }

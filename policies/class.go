@@ -54,12 +54,14 @@ func ParseClass(s string) (OperationClass, error) {
 
 // UnmarshalYAML reads a class name.
 func (c *OperationClass) UnmarshalYAML(n *yaml.Node) error {
+	// A *yaml.TypeError with "line N:C:" lets the loader locate the error
+	// and keep decoding, like yaml.v3's own type errors.
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("expected an operation class name (read, write, ddl, admin, unknown)")
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d:%d: expected an operation class name (read, write, ddl, admin, unknown)", n.Line, n.Column)}}
 	}
 	v, err := ParseClass(n.Value)
 	if err != nil {
-		return err
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d:%d: %v", n.Line, n.Column, err)}}
 	}
 	*c = v
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -65,6 +66,7 @@ func Load(name string, data []byte) (*Config, error) {
 		return nil, v.result()
 	}
 	cfg.Source = name
+	resolvePaths(&cfg, filepath.Dir(name))
 	applyDefaults(&cfg)
 	v.validate(&cfg)
 	if err := v.result(); err != nil {
@@ -79,16 +81,18 @@ type nodeIndex struct {
 	value  map[string]*yaml.Node
 	key    map[string]*yaml.Node
 	byLine map[int]string
+	byPos  map[[2]int]string
 }
 
 func indexNodes(doc *yaml.Node) *nodeIndex {
-	idx := &nodeIndex{value: map[string]*yaml.Node{}, key: map[string]*yaml.Node{}, byLine: map[int]string{}}
+	idx := &nodeIndex{value: map[string]*yaml.Node{}, key: map[string]*yaml.Node{}, byLine: map[int]string{}, byPos: map[[2]int]string{}}
 	var walk func(path string, n *yaml.Node)
 	walk = func(path string, n *yaml.Node) {
 		if n.Kind == yaml.AliasNode && n.Alias != nil {
 			n = n.Alias
 		}
 		idx.value[path] = n
+		idx.byPos[[2]int{n.Line, n.Column}] = path
 		if _, ok := idx.byLine[n.Line]; !ok || len(path) > len(idx.byLine[n.Line]) {
 			idx.byLine[n.Line] = path
 		}
@@ -116,13 +120,15 @@ func indexNodes(doc *yaml.Node) *nodeIndex {
 	return idx
 }
 
-var yamlLineRe = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+// yamlLineRe matches yaml.v3's "line N: msg", and "line N:C: msg" as
+// written by this package's own UnmarshalYAML methods.
+var yamlLineRe = regexp.MustCompile(`^(?:yaml: )?line (\d+)(?::(\d+))?: (.*)$`)
 
 func syntaxError(file string, err error) *FieldError {
 	msg := err.Error()
 	if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		return &FieldError{File: file, Line: line, Msg: "YAML syntax: " + m[2]}
+		return &FieldError{File: file, Line: line, Msg: "YAML syntax: " + m[3]}
 	}
 	return &FieldError{File: file, Msg: "YAML syntax: " + strings.TrimPrefix(msg, "yaml: ")}
 }
@@ -147,9 +153,12 @@ func (v *validator) decodeError(err error) {
 			continue
 		}
 		line, _ := strconv.Atoi(m[1])
-		msg := m[2]
+		col, _ := strconv.Atoi(m[2])
+		msg := m[3]
 		key := v.idx.byLine[line]
-		col := 0
+		if p, ok := v.idx.byPos[[2]int{line, col}]; ok {
+			key = p
+		}
 		if fm := unknownFieldRe.FindStringSubmatch(msg); fm != nil {
 			msg = fmt.Sprintf("unknown key %q (expected one of: %s)", fm[1], strings.Join(knownKeys(fm[2]), ", "))
 			if k := v.idx.key[key]; k != nil {

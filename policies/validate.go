@@ -50,8 +50,14 @@ func (v *validator) result() error {
 // errorf records a problem at key, located at its value node (or, if the
 // key is absent from the file, at the nearest parent present).
 func (v *validator) errorf(key, format string, args ...any) {
+	v.errorAt(key, key, format, args...)
+}
+
+// errorAt records a problem with key, located at the node of path: for a
+// missing key, the place in the file that makes it necessary.
+func (v *validator) errorAt(path, key, format string, args ...any) {
 	e := &FieldError{File: v.file, Key: key, Msg: fmt.Sprintf(format, args...)}
-	for p := key; ; p = parentPath(p) {
+	for p := path; ; p = parentPath(p) {
 		if n := v.idx.value[p]; n != nil {
 			e.Line, e.Column = n.Line, n.Column
 			break
@@ -131,14 +137,14 @@ func (v *validator) validate(c *Config) {
 		}
 	}
 
-	needApprovers := false
-	for _, p := range c.Policies {
-		if len(p.RequireGrant) > 0 {
-			needApprovers = true
+	if len(c.Approvers.Groups) == 0 {
+		for i, p := range c.Policies {
+			if len(p.RequireGrant) > 0 {
+				v.errorAt(fmt.Sprintf("policies[%d].require_grant", i), "approvers.groups",
+					"required: policy %q uses require_grant, so someone must be able to approve", p.Name)
+				break
+			}
 		}
-	}
-	if needApprovers && len(c.Approvers.Groups) == 0 {
-		v.errorf("approvers.groups", "required: a policy uses require_grant, so someone must be able to approve")
 	}
 	if c.Approvers.WebhookURLEnv != "" && c.Approvers.WebhookURLFile != "" {
 		v.errorf("approvers.webhook_url_file", "set webhook_url_env or webhook_url_file, not both")
@@ -436,9 +442,8 @@ func (v *validator) secretPair(key, env, file string) {
 	if env != "" && file != "" {
 		v.errorf(key+"_file", "set %s_env or %s_file, not both", lastSeg(key), lastSeg(key))
 	}
-	if file != "" {
-		v.readable(key+"_file", file)
-	}
+	// A secret file is read when it is used, not at load: a mounted secret
+	// may appear after the config does, and its absence then fails closed.
 }
 
 func (v *validator) readable(key, path string) {

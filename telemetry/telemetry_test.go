@@ -129,7 +129,7 @@ func TestOTLPExportsSpansAndMetrics(t *testing.T) {
 	col := &collector{}
 	g := grpc.NewServer()
 	coltrace.RegisterTraceServiceServer(g, col)
-	colmetrics.RegisterMetricsServiceServer(g, metricsCollector{col})
+	colmetrics.RegisterMetricsServiceServer(g, metricsCollector{c: col})
 	go g.Serve(lis)
 	defer g.Stop()
 

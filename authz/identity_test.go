@@ -128,10 +128,10 @@ func TestExpiryAndSkew(t *testing.T) {
 	at := func(d time.Duration) *Verifier {
 		return NewVerifier([]policies.Issuer{issuerCfg(idp)}, WithClock(func() time.Time { return issued.Add(d) }))
 	}
-	if _, err := at(time.Minute + 10*time.Second).Verify(ctx, tok); err != nil {
+	if _, err := at(time.Minute+10*time.Second).Verify(ctx, tok); err != nil {
 		t.Errorf("10s past exp is within the 30s skew, got %v", err)
 	}
-	_, err := at(time.Minute + 45*time.Second).Verify(ctx, tok)
+	_, err := at(time.Minute+45*time.Second).Verify(ctx, tok)
 	wantCode(t, err, TokenExpired)
 
 	// The cache never serves a token past its expiry.
@@ -217,8 +217,6 @@ func TestIssuerDown(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	idp := newIdP(t)
-	tok := idp.Token(t, "agent-1")
 	// Configure an issuer nobody answers for, and present a token naming it.
 	down := policies.Issuer{Issuer: "http://" + addr, Audiences: []string{"sluice"}, GroupsClaim: "groups"}
 	v := NewVerifier([]policies.Issuer{down})
@@ -231,7 +229,6 @@ func TestIssuerDown(t *testing.T) {
 	// The retry is paced: the next call answers at once with the same code.
 	_, err = v.Verify(ctx, fake)
 	wantCode(t, err, TokenIssuerUnavailable)
-	_ = tok
 }
 
 func BenchmarkVerifyCached(b *testing.B) {

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/sluicehq/sluice/policies"
+	"github.com/sluicehq/sluice/telemetry"
+	"github.com/sluicehq/sluice/xds"
+)
+
+// shutdownGrace bounds how long serve waits for in-flight calls on stop.
+const shutdownGrace = 10 * time.Second
+
+func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	path, err := configFlag("serve", args, stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := policies.LoadFile(path)
+	if err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(cfg.Telemetry, stderr)
+	tel, err := telemetry.Setup(ctx, cfg.Telemetry, Version())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			log.Warn("telemetry shutdown", "err", err)
+		}
+	}()
+	s, err := newServer(cfg, log, tel)
+	if err != nil {
+		return err
+	}
+	return s.run(ctx, path)
+}
+
+// server is one running sluice: its listeners, gRPC servers and API.
+// It is built by newServer (which binds every address, so a port conflict
+// is reported before anything is served) and run by run.
+type server struct {
+	log    *slog.Logger
+	tel    *telemetry.Telemetry
+	xds    *xds.Server
+	health *health.Server
+	ready  atomic.Bool
+
+	// listeners and the servers behind them, in start order.
+	grpcServers []boundGRPC
+	api         *http.Server
+	apiLis      net.Listener
+}
+
+type boundGRPC struct {
+	name string // which config keys this address serves
+	lis  net.Listener
+	srv  *grpc.Server
+}
+
+func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry) (_ *server, err error) {
+	s := &server{log: log, tel: tel, health: health.NewServer()}
+	var opened []net.Listener
+	defer func() {
+		if err != nil {
+			for _, l := range opened {
+				l.Close()
+			}
+		}
+	}()
+	listen := func(key, addr string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", key, addr, err)
+		}
+		opened = append(opened, l)
+		return l, nil
+	}
+
+	s.xds, err = xds.NewServer(xds.Options{Logger: log.With("component", "xds"), Meter: tel.Meter("xds")})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.xds.Update(cfg); err != nil {
+		return nil, fmt.Errorf("initial xDS snapshot: %w", err)
+	}
+
+	// One gRPC server per distinct address: authz and extproc may share one.
+	byAddr := map[string]int{} // address → index in s.grpcServers
+	for _, a := range []struct{ key, addr string }{
+		{"server.xds", cfg.Server.XDS},
+		{"server.authz", cfg.Server.Authz},
+		{"server.extproc", cfg.Server.ExtProc},
+	} {
+		if i, ok := byAddr[a.addr]; ok {
+			s.grpcServers[i].name += "+" + a.key
+			continue
+		}
+		l, err := listen(a.key, a.addr)
+		if err != nil {
+			return nil, err
+		}
+		g := grpc.NewServer(tel.GRPCServerOptions()...)
+		healthpb.RegisterHealthServer(g, s.health)
+		reflection.Register(g)
+		s.grpcServers = append(s.grpcServers, boundGRPC{name: a.key, lis: l, srv: g})
+		byAddr[a.addr] = len(s.grpcServers) - 1
+	}
+	s.xds.Register(s.grpcServers[byAddr[cfg.Server.XDS]].srv)
+	// ext_authz and ext_proc are registered here as their packages land.
+	// Until then Envoy's calls get UNIMPLEMENTED, which every filter sluice
+	// configures treats as a failure: connections and requests are refused.
+
+	s.apiLis, err = listen("server.api", cfg.Server.API)
+	if err != nil {
+		return nil, err
+	}
+	s.api = &http.Server{
+		Handler:           tel.HTTPHandler(s.apiMux(), "sluice-api"),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+func (s *server) apiMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.tel.MetricsHandler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "xds_version": s.xds.Version()})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "message": "no such endpoint: " + r.Method + " " + r.URL.Path})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// run serves until ctx is done or a server fails, then stops everything.
+func (s *server) run(ctx context.Context, configPath string) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, b := range s.grpcServers {
+		g.Go(func() error {
+			s.log.Info("serving gRPC", "serves", b.name, "addr", b.lis.Addr().String())
+			if err := b.srv.Serve(b.lis); err != nil {
+				return fmt.Errorf("%s: %w", b.name, err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		s.log.Info("serving API", "addr", s.apiLis.Addr().String())
+		if err := s.api.Serve(s.apiLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("server.api: %w", err)
+		}
+		return nil
+	})
+	watcher := policies.NewWatcher(configPath, s.log.With("component", "config"), s.xds.Update)
+	g.Go(func() error { return watcher.Run(ctx) })
+
+	s.ready.Store(true)
+	s.health.Resume()
+	s.log.Info("sluice started", "version", Version(), "config", configPath, "xds_version", s.xds.Version())
+
+	<-ctx.Done()
+	s.log.Info("sluice stopping")
+	s.ready.Store(false)
+	s.health.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	_ = s.api.Shutdown(sctx)
+	for _, b := range s.grpcServers {
+		stopGracefully(sctx, b.srv)
+	}
+	return g.Wait()
+}
+
+// stopGracefully lets in-flight RPCs finish, but ADS streams never end on
+// their own, so it forces a stop when the grace period runs out.
+func stopGracefully(ctx context.Context, g *grpc.Server) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		g.Stop()
+	}
+}

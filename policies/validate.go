@@ -262,6 +262,11 @@ func (v *validator) targets(c *Config) {
 			if t.UpstreamCAFile != "" || t.UpstreamSNI != "" {
 				v.errorf(key+".upstream_ca_file", "upstream TLS settings are for http targets")
 			}
+			if t.Credentials.ClientCertFile != "" {
+				// Envoy would need an upstream starttls cluster to present it;
+				// refusing beats silently connecting without it.
+				v.errorf(key+".credentials.client_cert_file", "upstream TLS to Postgres is not supported yet; certificate authentication cannot be configured")
+			}
 			if t.IdleTimeout < 0 {
 				v.errorf(key+".idle_timeout", "must not be negative")
 			}

@@ -18,6 +18,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/sluicehq/sluice/audit"
+	"github.com/sluicehq/sluice/authz"
+	"github.com/sluicehq/sluice/authz/grants"
 	"github.com/sluicehq/sluice/policies"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/xds"
@@ -61,6 +64,8 @@ type server struct {
 	log    *slog.Logger
 	tel    *telemetry.Telemetry
 	xds    *xds.Server
+	authz  *authz.Server
+	grants grants.Store
 	health *health.Server
 	ready  atomic.Bool
 
@@ -125,9 +130,25 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry)
 		byAddr[a.addr] = len(s.grpcServers) - 1
 	}
 	s.xds.Register(s.grpcServers[byAddr[cfg.Server.XDS]].srv)
-	// ext_authz and ext_proc are registered here as their packages land.
-	// Until then Envoy's calls get UNIMPLEMENTED, which every filter sluice
-	// configures treats as a failure: connections and requests are refused.
+
+	s.grants, err = openGrants(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// Until the durable audit store lands (issue 5), decisions and grant
+	// transitions are written to the structured log.
+	sink := audit.LogSink{Log: log.With("component", "audit")}
+	s.authz, err = authz.NewServer(cfg, authz.Options{
+		Logger: log.With("component", "authz"), Meter: tel.Meter("authz"),
+		Grants: authz.GrantsFrom(s.grants), Audit: sink,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.authz.Register(s.grpcServers[byAddr[cfg.Server.Authz]].srv)
+	// The ext_proc services are registered here as they land. Until then
+	// Envoy's Process calls get UNIMPLEMENTED, which the fail-closed network
+	// ext_proc filter answers by closing the connection.
 
 	s.apiLis, err = listen("server.api", cfg.Server.API)
 	if err != nil {
@@ -166,6 +187,28 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// apply takes a reloaded config: xDS first, since it refuses what Envoy
+// would refuse; only then does the decision use the new policies.
+func (s *server) apply(cfg *policies.Config) error {
+	if err := s.xds.Update(cfg); err != nil {
+		return err
+	}
+	return s.authz.Update(cfg)
+}
+
+// openGrants opens the grant store the config names.
+func openGrants(cfg *policies.Config) (grants.Store, error) {
+	opts := []grants.Option{grants.WithMaxDuration(cfg.Grants.MaxDuration)}
+	if cfg.Grants.Store == "embedded" {
+		return grants.NewEmbeddedStore(opts...), nil
+	}
+	st, err := grants.OpenRedis(cfg.Grants.Store, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("grants.store: %w", err)
+	}
+	return st, nil
+}
+
 // run serves until ctx is done or a server fails, then stops everything.
 func (s *server) run(ctx context.Context, configPath string) error {
 	g, ctx := errgroup.WithContext(ctx)
@@ -185,7 +228,7 @@ func (s *server) run(ctx context.Context, configPath string) error {
 		}
 		return nil
 	})
-	watcher := policies.NewWatcher(configPath, s.log.With("component", "config"), s.xds.Update)
+	watcher := policies.NewWatcher(configPath, s.log.With("component", "config"), s.apply)
 	g.Go(func() error { return watcher.Run(ctx) })
 
 	s.ready.Store(true)
@@ -201,6 +244,9 @@ func (s *server) run(ctx context.Context, configPath string) error {
 	_ = s.api.Shutdown(sctx)
 	for _, b := range s.grpcServers {
 		stopGracefully(sctx, b.srv)
+	}
+	if c, ok := s.grants.(io.Closer); ok {
+		_ = c.Close()
 	}
 	return g.Wait()
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -44,7 +45,10 @@ func buildCluster(c *clusterv3.Cluster) (*clusterEntry, error) {
 		"dns_lookup_family", "alt_stat_name", "metadata", "dns_refresh_rate", "respect_dns_ttl",
 		"per_connection_buffer_limit_bytes",
 		// TCP keepalive only matters for dead peers.
-		"upstream_connection_options"); err != nil {
+		"upstream_connection_options", "circuit_breakers"); err != nil {
+		return nil, err
+	}
+	if err := checkCircuitBreakers(c.GetCircuitBreakers()); err != nil {
 		return nil, err
 	}
 	ce := &clusterEntry{name: c.GetName(), proto: c, connectTimeout: 5 * time.Second}
@@ -258,5 +262,30 @@ func (s *Sim) applyClusters(clusters []*clusterv3.Cluster) error {
 		return fmt.Errorf("Error adding/updating cluster(s) %s", strings.Join(msgs, "\n"))
 	}
 	s.stats.counter("cluster_manager.cds.update_success").Add(1)
+	return nil
+}
+
+// envoyDefaultCircuitBreaker is Envoy's default for max_connections,
+// max_pending_requests and max_requests (cluster.proto).
+const envoyDefaultCircuitBreaker = 1024
+
+// checkCircuitBreakers accepts circuit breakers that only raise Envoy's
+// limits. The sim enforces no limit, which behaves like Envoy as long as a
+// test stays below the limit; a config that lowers a limit could trip in a
+// test where the sim would not, so it is NACKed.
+func checkCircuitBreakers(cb *clusterv3.CircuitBreakers) error {
+	for _, th := range cb.GetThresholds() {
+		for name, v := range map[string]*wrapperspb.UInt32Value{
+			"max_connections": th.GetMaxConnections(), "max_pending_requests": th.GetMaxPendingRequests(),
+			"max_requests": th.GetMaxRequests(),
+		} {
+			if v != nil && v.GetValue() < envoyDefaultCircuitBreaker {
+				return fmt.Errorf("circuit_breakers %s=%d lowers Envoy's default (%d); envoysim enforces no limit, so it accepts only raised ones", name, v.GetValue(), envoyDefaultCircuitBreaker)
+			}
+		}
+		if th.GetMaxRetries() != nil || th.GetRetryBudget() != nil || th.GetTrackRemaining() || th.GetMaxConnectionPools() != nil {
+			return errors.New("circuit_breakers: only max_connections, max_pending_requests and max_requests are implemented by envoysim")
+		}
+	}
 	return nil
 }

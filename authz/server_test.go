@@ -79,7 +79,7 @@ type fixture struct {
 	srv    *authz.Server
 }
 
-func newFixture(t *testing.T, store grants.Store) *fixture {
+func newFixture(t testing.TB, store grants.Store) *fixture {
 	t.Helper()
 	t.Setenv("SLUICE_TEST_K8S_TOKEN", "k8s-service-token")
 	t.Setenv("SLUICE_TEST_CRM_KEY", "crm-key")

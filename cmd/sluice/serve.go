@@ -66,6 +66,8 @@ type server struct {
 	xds    *xds.Server
 	authz  *authz.Server
 	grants grants.Store
+	// stopGrants ends the grant cache's event subscription.
+	stopGrants context.CancelFunc
 	health *health.Server
 	ready  atomic.Bool
 
@@ -88,6 +90,9 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry)
 		if err != nil {
 			for _, l := range opened {
 				l.Close()
+			}
+			if s.stopGrants != nil {
+				s.stopGrants()
 			}
 		}
 	}()
@@ -135,12 +140,17 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry)
 	if err != nil {
 		return nil, err
 	}
+	// Decisions read grants through a cache kept exact by the store's
+	// events; it lives as long as the process.
+	grantCtx, cancelGrants := context.WithCancel(context.Background())
+	s.stopGrants = cancelGrants
+	cached := grants.NewActiveCache(grantCtx, s.grants, log.With("component", "grants"))
 	// Until the durable audit store lands (issue 5), decisions and grant
 	// transitions are written to the structured log.
 	sink := audit.LogSink{Log: log.With("component", "audit")}
 	s.authz, err = authz.NewServer(cfg, authz.Options{
 		Logger: log.With("component", "authz"), Meter: tel.Meter("authz"),
-		Grants: authz.GrantsFrom(s.grants), Audit: sink,
+		Grants: authz.GrantsFrom(cached), Audit: sink,
 	})
 	if err != nil {
 		return nil, err
@@ -245,6 +255,7 @@ func (s *server) run(ctx context.Context, configPath string) error {
 	for _, b := range s.grpcServers {
 		stopGracefully(sctx, b.srv)
 	}
+	s.stopGrants()
 	if c, ok := s.grants.(io.Closer); ok {
 		_ = c.Close()
 	}

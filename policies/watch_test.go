@@ -1,37 +1,18 @@
 package policies_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/policies"
+	"github.com/sluicehq/sluice/test/testenv"
 )
-
-// syncBuffer is a log sink safe to read while the watcher writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestWatcherReloadsValidAndRefusesInvalid(t *testing.T) {
 	dir := t.TempDir()
@@ -39,7 +20,7 @@ func TestWatcherReloadsValidAndRefusesInvalid(t *testing.T) {
 	if err := os.WriteFile(path, []byte(base), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	applied := make(chan *policies.Config, 4)
 	w := policies.NewWatcher(path, slog.New(slog.NewTextHandler(logs, nil)), func(c *policies.Config) error {
 		applied <- c

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +18,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sluicehq/sluice/test/testenv"
 )
 
 func TestCommandLineErrors(t *testing.T) {
@@ -65,12 +67,11 @@ func TestEnvoyBootstrapPrintsYAML(t *testing.T) {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 // TestServeServesADSAndAPI runs "sluice serve" in-process on free loopback
@@ -96,8 +97,8 @@ func TestServeServesADSAndAPI(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var logs bytes.Buffer
-	go func() { done <- run(ctx, []string{"serve", "--config", path}, io.Discard, &syncWriter{w: &logs}) }()
+	var logs testenv.SyncBuffer
+	go func() { done <- run(ctx, []string{"serve", "--config", path}, io.Discard, &logs) }()
 	defer func() {
 		cancel()
 		select {

@@ -68,8 +68,8 @@ type server struct {
 	grants grants.Store
 	// stopGrants ends the grant cache's event subscription.
 	stopGrants context.CancelFunc
-	health *health.Server
-	ready  atomic.Bool
+	health     *health.Server
+	ready      atomic.Bool
 
 	// listeners and the servers behind them, in start order.
 	grpcServers []boundGRPC

@@ -22,17 +22,17 @@ import (
 	"github.com/sluicehq/sluice/authz/grants"
 	"github.com/sluicehq/sluice/policies"
 	"github.com/sluicehq/sluice/test/envoysim"
+	"github.com/sluicehq/sluice/test/testenv"
 	"github.com/sluicehq/sluice/xds"
 )
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testenv.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // serveGRPC starts a gRPC server on a free loopback port.

@@ -2,14 +2,12 @@ package testenv
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -36,7 +34,7 @@ func StartRedis(t testing.TB) (addr string) {
 	dir := t.TempDir()
 	var lastErr error
 	for range redisStartAttempts {
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +49,7 @@ func StartRedis(t testing.TB) (addr string) {
 
 func startRedis(t testing.TB, bin, dir string, port int) (string, error) {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	var out syncBuffer
+	var out SyncBuffer
 	cmd := exec.Command(bin,
 		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir,
@@ -74,7 +72,7 @@ func startRedis(t testing.TB, bin, dir string, port int) (string, error) {
 	for {
 		select {
 		case <-exited:
-			// Most likely the port was taken after freePort released it.
+			// Most likely the port was taken after FreePort released it.
 			return "", fmt.Errorf("redis-server on port %d exited: %s", port, strings.TrimSpace(out.String()))
 		default:
 		}
@@ -126,31 +124,4 @@ func serverPID(addr string) (int, error) {
 			return strconv.Atoi(strings.TrimSpace(v))
 		}
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// syncBuffer collects a child's output while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

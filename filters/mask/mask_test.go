@@ -74,9 +74,9 @@ func TestDetectors(t *testing.T) {
 		{"card 4111 1111 1111 1111 on file", []string{"4111 1111 1111 1111"}},
 		{"card 4111-1111-1111-1111", []string{"4111-1111-1111-1111"}},
 		{"4012888888881881", []string{"4012888888881881"}},
-		{"not a card 4111 1111 1111 1112", nil},                     // Luhn fails
-		{"order 1234567890123", nil},                                 // Luhn fails
-		{"part of id AB4111111111111111", nil},                       // glued to letters
+		{"not a card 4111 1111 1111 1112", nil}, // Luhn fails
+		{"order 1234567890123", nil},            // Luhn fails
+		{"part of id AB4111111111111111", nil},  // glued to letters
 		{"mail bob.smith+tag@mail.example.co.uk now", []string{"bob.smith+tag@mail.example.co.uk"}},
 		{"user@localhost is not an email", nil},
 		{"ssn 123-45-6789.", []string{"123-45-6789"}},

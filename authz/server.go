@@ -184,3 +184,10 @@ func sourceAllowed(t *policies.Target, src netip.Addr) bool {
 	}
 	return false
 }
+
+// Verify checks a bearer token with the current config's issuers, sharing
+// the Check path's verified-token cache. The grants and audit APIs
+// authenticate their callers with it.
+func (s *Server) Verify(ctx context.Context, raw string) (Verified, error) {
+	return s.state.Load().verifier.Verify(ctx, raw)
+}

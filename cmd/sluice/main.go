@@ -20,6 +20,8 @@ const usage = `sluice — a data-access gateway for autonomous agents, built on 
 Usage:
   sluice serve --config FILE            run the control plane, ext_authz, ext_proc and the API
   sluice envoy bootstrap --config FILE  print the Envoy bootstrap YAML for that config
+  sluice grants request|list|get|approve|deny|revoke ...
+                                        just-in-time grants, through the API ("sluice grants -h")
   sluice version                        print the version
 
 Run "sluice COMMAND -h" for a command's flags.
@@ -52,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New(`unknown envoy command (expected "envoy bootstrap")`)
 		}
 		return bootstrapCmd(args[2:], stdout, stderr)
+	case "grants":
+		return grantsCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sluice", Version())
 		return nil

@@ -163,6 +163,17 @@ func TestServeServesADSAndAPI(t *testing.T) {
 	if !strings.Contains(string(body), "sluice_xds_streams_total") || !strings.Contains(string(body), "sluice_xds_snapshots_published_total") {
 		t.Errorf("/metrics does not show the ADS stream:\n%.2000s", body)
 	}
+	// The grants API is mounted: its document is public, its routes need a token.
+	if r, err := http.Get(api + "/v1/openapi.yaml"); err != nil || r.StatusCode != 200 {
+		t.Errorf("GET /v1/openapi.yaml: %v %v", r, err)
+	} else {
+		r.Body.Close()
+	}
+	if r, err := http.Post(api+"/v1/grants", "application/json", strings.NewReader(`{}`)); err != nil || r.StatusCode != 401 {
+		t.Errorf("POST /v1/grants without a token: %v %v, want 401", r, err)
+	} else {
+		r.Body.Close()
+	}
 	nf, err := http.Get(api + "/v1/nothing")
 	if err != nil {
 		t.Fatal(err)

@@ -66,10 +66,13 @@ type server struct {
 	xds    *xds.Server
 	authz  *authz.Server
 	grants grants.Store
-	// stopGrants ends the grant cache's event subscription.
+	// stopGrants ends the grant cache's subscription and the webhook.
 	stopGrants context.CancelFunc
-	health     *health.Server
-	ready      atomic.Bool
+	grantsAPI  *grants.API
+	// cfg is the running config, swapped by apply on reload.
+	cfg    atomic.Pointer[policies.Config]
+	health *health.Server
+	ready  atomic.Bool
 
 	// listeners and the servers behind them, in start order.
 	grpcServers []boundGRPC
@@ -85,6 +88,7 @@ type boundGRPC struct {
 
 func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry) (_ *server, err error) {
 	s := &server{log: log, tel: tel, health: health.NewServer()}
+	s.cfg.Store(cfg)
 	var opened []net.Listener
 	defer func() {
 		if err != nil {
@@ -144,6 +148,10 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry)
 	// events; it lives as long as the process.
 	grantCtx, cancelGrants := context.WithCancel(context.Background())
 	s.stopGrants = cancelGrants
+	// Every new pending request, opened through the API or by a refusal,
+	// is announced to the approvers' webhook.
+	webhook := grants.NewWebhook(grantCtx, grants.WebhookOptions{Config: s.config, Logger: log.With("component", "grants-webhook")})
+	s.grants = grants.Notifying(s.grants, webhook)
 	cached := grants.NewActiveCache(grantCtx, s.grants, log.With("component", "grants"))
 	// Until the durable audit store lands (issue 5), decisions and grant
 	// transitions are written to the structured log.
@@ -156,6 +164,10 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry)
 		return nil, err
 	}
 	s.authz.Register(s.grpcServers[byAddr[cfg.Server.Authz]].srv)
+	s.grantsAPI = grants.NewAPI(grants.APIOptions{
+		Store: cached, Authenticate: s.authenticate, Config: s.config, Audit: sink,
+		Logger: log.With("component", "grants-api"),
+	})
 	// The ext_proc services are registered here as they land. Until then
 	// Envoy's Process calls get UNIMPLEMENTED, which the fail-closed network
 	// ext_proc filter answers by closing the connection.
@@ -185,8 +197,11 @@ func (s *server) apiMux() *http.ServeMux {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "xds_version": s.xds.Version()})
 	})
+	for _, route := range []string{"/v1/grants", "/v1/grants/", "/v1/openapi.yaml"} {
+		mux.Handle(route, s.grantsAPI.Handler())
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "message": "no such endpoint: " + r.Method + " " + r.URL.Path})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "reason": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})
 	return mux
 }
@@ -203,7 +218,29 @@ func (s *server) apply(cfg *policies.Config) error {
 	if err := s.xds.Update(cfg); err != nil {
 		return err
 	}
-	return s.authz.Update(cfg)
+	if err := s.authz.Update(cfg); err != nil {
+		return err
+	}
+	s.cfg.Store(cfg)
+	return nil
+}
+
+// config returns the running config.
+func (s *server) config() *policies.Config { return s.cfg.Load() }
+
+// authenticate verifies an API caller's bearer token with the same
+// verifier (and token cache) as ext_authz.
+func (s *server) authenticate(r *http.Request) (policies.Principal, error) {
+	raw, ok := grants.BearerToken(r)
+	if !ok {
+		return policies.Principal{}, errors.New("send your OIDC access token as Authorization: Bearer <token>")
+	}
+	v, err := s.authz.Verify(r.Context(), raw)
+	var te *authz.TokenError
+	if errors.As(err, &te) && te.Code == authz.TokenIssuerUnavailable {
+		return policies.Principal{}, fmt.Errorf("%w: %s", grants.ErrAuthUnavailable, te.Reason)
+	}
+	return v.Principal, err
 }
 
 // openGrants opens the grant store the config names.

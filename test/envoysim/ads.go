@@ -10,6 +10,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
@@ -24,6 +25,7 @@ import (
 const (
 	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
@@ -33,8 +35,9 @@ const (
 // previously accepted version, echoes the nonce and carries
 // error_detail{code: 13}. CDS is requested first and LDS once the first CDS
 // response is handled, or after Envoy's default initial_fetch_timeout (15 s)
-// without one, as Envoy's init manager does; SDS is requested for the secret
-// names the accepted listeners and clusters reference.
+// without one, as Envoy's init manager does; RDS is requested for the
+// route_config_names the accepted listeners' HCMs reference, and SDS for the
+// secret names the accepted listeners and clusters reference.
 type adsClient struct {
 	sim    *Sim
 	cc     *grpc.ClientConn
@@ -80,7 +83,7 @@ func (s *Sim) ConnectADS(addr string, dialOpts ...grpc.DialOption) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &adsClient{sim: s, cc: cc, ctx: ctx, cancel: cancel, done: make(chan struct{}), types: map[string]*typeState{
-		ClusterType: {}, ListenerType: {}, SecretType: {names: []string{}},
+		ClusterType: {}, ListenerType: {}, RouteType: {names: []string{}}, SecretType: {names: []string{}},
 	}}
 	s.mu.Lock()
 	if s.closed || s.xds != nil {
@@ -167,6 +170,9 @@ func (a *adsClient) session(first bool) error {
 		if err := a.request(stream, ListenerType); err != nil {
 			return err
 		}
+		if err := a.maybeRequestRoutes(stream, true); err != nil {
+			return err
+		}
 		if err := a.maybeRequestSecrets(stream, true); err != nil {
 			return err
 		}
@@ -248,6 +254,9 @@ func (a *adsClient) handle(stream adsStream, resp *discoveryv3.DiscoveryResponse
 			return err
 		}
 	}
+	if err := a.maybeRequestRoutes(stream, false); err != nil {
+		return err
+	}
 	return a.maybeRequestSecrets(stream, false)
 }
 
@@ -265,6 +274,12 @@ func (a *adsClient) apply(typeURL string, res []*anypb.Any) error {
 			return err
 		}
 		return a.sim.applyListeners(ls)
+	case RouteType:
+		rs, err := decodeAll[*routev3.RouteConfiguration](res, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} })
+		if err != nil {
+			return err
+		}
+		return a.sim.ApplyRoutes(rs)
 	case SecretType:
 		ss, err := decodeAll[*tlsv3.Secret](res, func() *tlsv3.Secret { return &tlsv3.Secret{} })
 		if err != nil {
@@ -287,6 +302,22 @@ func decodeAll[T proto.Message](res []*anypb.Any, newT func() T) ([]T, error) {
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// maybeRequestRoutes (re)subscribes to the RDS route configurations that
+// accepted listeners name, when that set changed.
+func (a *adsClient) maybeRequestRoutes(stream adsStream, force bool) error {
+	names := a.sim.referencedRoutes()
+	a.mu.Lock()
+	ts := a.types[RouteType]
+	same := slices.Equal(names, ts.names)
+	if len(names) == 0 || same && !force && ts.requested {
+		a.mu.Unlock()
+		return nil
+	}
+	ts.names = names
+	a.mu.Unlock()
+	return a.request(stream, RouteType)
 }
 
 // maybeRequestSecrets (re)subscribes to the SDS secrets that accepted

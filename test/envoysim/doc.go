@@ -22,17 +22,27 @@
 // # Layers
 //
 //	Sim ── ConnectADS (ads.go: SotW client, ACK/NACK)        ┐
-//	    └─ Apply ─────────────────────────────────────────────┴─▶ applySecrets / applyClusters / applyListeners
+//	    └─ Apply, ApplyRoutes ────────────────────────────────┴─▶ applySecrets / applyClusters / applyListeners / applyRoutes
 //	          strict acceptance (strict.go): Any unpacked and ValidateAll()'d, C++-only
 //	          checks, populated fields the sim does not implement → rejected (NACK)
-//	listener.go     accept loop, tls_inspector, filter chain selection, in-place updates
-//	dispatcher.go   one goroutine per downstream connection runs every callback of it
+//	listener.go     accept loop, tls_inspector, filter chain selection, in-place updates,
+//	                warming until SDS secrets and RDS route configurations arrive
+//	dispatcher.go   one goroutine per downstream connection (or HTTP stream) runs every callback of it
 //	connection.go   Envoy's ConnectionImpl: read buffer, half-close, readDisable,
 //	                close types, the write path; socket I/O on a reader and a writer goroutine
 //	filtermanager.go  Envoy's FilterManagerImpl: read filters in config order, write
 //	                filters in reverse, injection resumes at the next filter,
 //	                disableClose gating (connection_close_through_filter_manager)
 //	postgres.go, extauthz.go, extproc.go, tcpproxy.go   the network filters
+//	hcm.go, hcm_conn.go   http_connection_manager: net/http serves the connection (HTTP/1.1;
+//	                HTTP/2 by ALPN or prior knowledge); hcm_headers.go: edge header
+//	                handling (use_remote_address) and path normalization
+//	httpstream.go, httpstream_encode.go   HCM's ActiveStream: one request on its own dispatcher,
+//	                local replies (through every encoder filter), completion, reset
+//	httpfilter.go   Envoy's Http::FilterManager iteration: StopIteration and StopAll,
+//	                the stream buffer, continue, injection
+//	httpextauthz*.go, httpextproc*.go, router.go, upstream.go   the HTTP filters
+//	rds.go          route configurations (RDS or inline) and route matching
 //	cluster.go, grpcclient.go, tls.go   upstreams, gRPC side channels, TLS contexts
 //	stats.go        Envoy stat names, violation counters, admin /stats
 //
@@ -53,11 +63,29 @@
 //	  │            injected to the next filter: tcp_proxy ────────────────────────────▶│
 //	  │◀─────────  write path: ext_proc, then postgres, then the socket ◀──────────────│
 //
+// # One HTTP request through [ext_authz, ext_proc, router] in sluice's modes
+//
+//	client          sim (the request's handler goroutine)            authz  processor  upstream
+//	  │ headers ───▶ HCM: XFF, x-request-id, path normalized; route
+//	  │              ext_authz: Check (pseudo-headers, context_extensions) ─▶│
+//	  │              StopAllIteration; body chunks buffered                  │
+//	  │              OK: header mutations, metadata ◀────────────────────────┘ continueDecoding
+//	  │              ext_proc: request_headers (raw_value) ──────────────────────────▶│
+//	  │              StopIteration; body held (BUFFERED)                              │
+//	  │              headers answer ◀─────────────────────────────────────────────────┤ (§4 matching rule)
+//	  │              whole body, end_of_stream ──────────────────────────────────────▶│
+//	  │              body answer ◀────────────────────────────────────────────────────┘ continue
+//	  │              router: host rewrite, timeout header, request ───────────────────────────▶│
+//	  │              response_headers ─────────────────────────────────────────────▶│ ◀─────────┤
+//	  │◀── headers   each chunk ─▶ answer ◀─ forwarded (STREAMED, FIFO) ───────────▶│ ◀─────────┤
+//	  │◀── body      ext_authz encodeHeaders: response_headers_to_add
+//
 // # Fidelity notes
 //
 // Behaviour follows Envoy's C++ sources as cited in each file and in the
 // contract sections (§0.1 filter chain, §1 network ext_proc, §2 network
-// ext_authz, §5 postgres_proxy, §6 tcp_proxy, §7 xDS). Deliberate differences:
+// ext_authz, §3 HTTP ext_authz, §4 HTTP ext_proc, §5 postgres_proxy, §6
+// tcp_proxy, §7 xDS). Deliberate differences:
 //
 //   - a connection's read is a goroutine blocked in Read, handed one token per
 //     chunk by the dispatcher; a chunk is what arrived while the previous one
@@ -68,8 +96,27 @@
 //     filter chain that forwards that namespace to a service is rejected;
 //   - tcp_proxy implements upstream_connect_mode IMMEDIATE only; clusters are
 //     STATIC, STRICT_DNS or LOGICAL_DNS with an inline load_assignment;
-//   - HTTP (HCM, HTTP ext_authz, HTTP ext_proc, router) is not implemented yet:
-//     a listener using it is rejected.
+//   - HCM is served by net/http: it must be the only network filter of its
+//     chain; Go does not keep the order of header lines, so regular request
+//     headers reach filters sorted by key (pseudo-headers first); headers go
+//     on the wire in canonical case (Envoy's HTTP/1 codec writes lower case);
+//     local replies to gRPC requests are not gRPC-shaped;
+//   - no watermarks: buffers are unbounded, so a BUFFERED body over the
+//     buffer limit is not refused with 413; no stream idle or request
+//     timeouts (Envoy's stream_idle_timeout defaults to 5 minutes);
+//   - use_remote_address: no address is internal, so every request is an edge
+//     request; a loopback peer's x-forwarded-for entry is the connection's
+//     local address (Envoy appends its configured local address);
+//   - normalize_path removes dot segments, decodes escaped unreserved
+//     characters and upper-cases other escapes, which is what Envoy's
+//     Chromium-derived canonicalizer does for the paths agents send;
+//   - HTTP ext_authz sends no request body (with_request_body is rejected);
+//     OkHttpResponse.headers get the ≤1.36 semantics, and mutations whose
+//     effect differs between Envoy versions are counted (contract §3);
+//   - HTTP ext_proc implements header modes SEND and SKIP, body modes NONE,
+//     BUFFERED and STREAMED, trailers SKIP, and no mode override;
+//   - the router retries nothing (a route without retry_policy does not
+//     retry) and enforces no circuit breaker.
 //
 // # Violations
 //
@@ -77,8 +124,13 @@
 // processor. The sim counts it under envoysim.violations.* (see the
 // Violation* constants) and RequireNoViolations fails a test when any is
 // non-zero: chunks with bytes unanswered when the stream closed, empty
-// responses, unsolicited responses, responses with both directions set,
-// message timeouts, responses after processing completed. Other envoysim.*
+// responses, unsolicited responses, responses of the wrong type (both
+// directions set; an HTTP ext_proc answer that does not match the direction's
+// state), message timeouts, responses after processing completed,
+// version-dependent ext_authz header mutations, header values Envoy does not
+// read (ext_proc reads raw_value, ext_authz value), ext_proc response fields
+// Envoy ignores, and ext_proc responses using features the sim does not
+// implement. Other envoysim.*
 // stats are the sim's own, not Envoy's: envoysim.delayed_closes counts closes
 // latched by close gating.
 package envoysim

@@ -19,7 +19,7 @@ type extProcFilter struct {
 	rcb  *activeReadFilter
 	wcb  *activeWriteFilter
 
-	stream             *procStream
+	stream             *netProcStream
 	processingComplete bool
 	readPending        bool
 	writePending       bool
@@ -92,7 +92,7 @@ func (f *extProcFilter) openStream() streamOpenState {
 	if f.stream != nil {
 		return streamOK
 	}
-	ps, err := f.cfg.sim.startProcStream(f.cfg.target, procCallbacks{
+	ps, err := startProcStream(f.cfg.sim, f.cfg.target, openNetProcess, procCallbacks[*netextprocv3.ProcessingRequest, *netextprocv3.ProcessingResponse]{
 		d:         f.conn.d,
 		onMessage: f.onStreamMessage,
 		onClose:   f.onStreamClose,
@@ -191,7 +191,7 @@ func (f *extProcFilter) forwardedMetadata() *corev3.Metadata {
 	return out
 }
 
-func (f *extProcFilter) onStreamMessage(ps *procStream, resp *netextprocv3.ProcessingResponse) {
+func (f *extProcFilter) onStreamMessage(ps *netProcStream, resp *netextprocv3.ProcessingResponse) {
 	if ps != f.stream {
 		return // closed: Envoy delivers nothing after close()
 	}
@@ -271,7 +271,7 @@ func (f *extProcFilter) handleConnectionStatus(resp *netextprocv3.ProcessingResp
 	}
 }
 
-func (f *extProcFilter) onStreamClose(ps *procStream, code codes.Code, msg string) {
+func (f *extProcFilter) onStreamClose(ps *netProcStream, code codes.Code, msg string) {
 	if ps != f.stream {
 		return
 	}

@@ -8,55 +8,74 @@ import (
 	"time"
 
 	netextprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/network_ext_proc/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
-// procStream is one NetworkExternalProcessor.Process stream (Envoy's
-// ProcessorStreamImpl). Sending never blocks the dispatcher: requests are
-// queued for a sender goroutine. Received messages and the remote close are
-// posted to the connection's dispatcher, and dropped there once the filter
-// closed the stream, as Envoy delivers no callback after close().
-type procStream struct {
+// procStream is one bidirectional ext_proc stream (Envoy's
+// ProcessorStreamImpl), for the network filter (NetworkExternalProcessor) and
+// the HTTP filter (ExternalProcessor) alike. Sending never blocks the
+// dispatcher: requests are queued for a sender goroutine. Received messages
+// and the remote close are posted to the connection's or stream's dispatcher,
+// and dropped there once the filter closed the stream, as Envoy delivers no
+// callback after close().
+type procStream[Req, Resp any] struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
 	mu      sync.Mutex
-	queue   []*netextprocv3.ProcessingRequest
+	queue   []Req
 	closing bool
 	wake    chan struct{}
 }
 
-type procCallbacks struct {
+// netProcStream is the network ext_proc filter's stream.
+type netProcStream = procStream[*netextprocv3.ProcessingRequest, *netextprocv3.ProcessingResponse]
+
+// bidiStream is the client side of a generated bidirectional-streaming method.
+type bidiStream[Req, Resp any] interface {
+	Send(Req) error
+	Recv() (Resp, error)
+	CloseSend() error
+}
+
+// openStream opens the method on a channel.
+type openStream[Req, Resp any] func(ctx context.Context, cc *grpc.ClientConn) (bidiStream[Req, Resp], error)
+
+func openNetProcess(ctx context.Context, cc *grpc.ClientConn) (bidiStream[*netextprocv3.ProcessingRequest, *netextprocv3.ProcessingResponse], error) {
+	return netextprocv3.NewNetworkExternalProcessorClient(cc).Process(ctx)
+}
+
+type procCallbacks[Req, Resp any] struct {
 	d         *dispatcher
-	onMessage func(*procStream, *netextprocv3.ProcessingResponse)
-	onClose   func(*procStream, codes.Code, string)
+	onMessage func(*procStream[Req, Resp], Resp)
+	onClose   func(*procStream[Req, Resp], codes.Code, string)
 }
 
 // startProcStream opens the stream. A nil return with an error is Envoy's
 // "client_->start() returned null" (stream_open_failures). Failures after that
 // (unreachable processor) arrive as a gRPC error, as in Envoy.
-func (s *Sim) startProcStream(t *grpcTarget, cb procCallbacks) (*procStream, error) {
+func startProcStream[Req, Resp any](s *Sim, t *grpcTarget, open openStream[Req, Resp], cb procCallbacks[Req, Resp]) (*procStream[Req, Resp], error) {
 	cc, err := s.grpcConn(t)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(metadata.NewOutgoingContext(context.Background(), t.md.Copy()))
-	ps := &procStream{ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
-	client := netextprocv3.NewNetworkExternalProcessorClient(cc)
-	go ps.run(client, cb)
+	ps := &procStream[Req, Resp]{ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+	go ps.run(cc, open, cb)
 	return ps, nil
 }
 
-func (ps *procStream) send(req *netextprocv3.ProcessingRequest) {
+func (ps *procStream[Req, Resp]) send(req Req) {
 	ps.mu.Lock()
 	ps.queue = append(ps.queue, req)
 	ps.mu.Unlock()
 	ps.signal()
 }
 
-func (ps *procStream) signal() {
+func (ps *procStream[Req, Resp]) signal() {
 	select {
 	case ps.wake <- struct{}{}:
 	default:
@@ -65,7 +84,7 @@ func (ps *procStream) signal() {
 
 // close half-closes the stream, then resets it (closeStream() then
 // resetStream() in ProcessorStreamImpl::close). Unsent requests are dropped.
-func (ps *procStream) close() {
+func (ps *procStream[Req, Resp]) close() {
 	ps.mu.Lock()
 	ps.closing = true
 	ps.queue = nil
@@ -75,9 +94,9 @@ func (ps *procStream) close() {
 	time.AfterFunc(time.Second, ps.cancel)
 }
 
-func (ps *procStream) run(client netextprocv3.NetworkExternalProcessorClient, cb procCallbacks) {
+func (ps *procStream[Req, Resp]) run(cc *grpc.ClientConn, open openStream[Req, Resp], cb procCallbacks[Req, Resp]) {
 	defer ps.cancel()
-	stream, err := client.Process(ps.ctx)
+	stream, err := open(ps.ctx, cc)
 	if err != nil {
 		cb.d.post(func() { cb.onClose(ps, status.Code(err), err.Error()) })
 		return

@@ -97,18 +97,33 @@ func (s *Sim) installListener(l *listenerv3.Listener, lc *listenerConfig) error 
 		s.stats.counter("listener_manager.listener_modified").Add(1)
 	}
 	le.proto = l
-	for _, n := range lc.secretNames {
-		if s.secrets[n] == nil {
-			le.warming = lc
-			s.logf("listener %s warming: waiting for secret %q", le.name, n)
-			return nil
-		}
+	if missing := s.missingLocked(lc); missing != "" {
+		le.warming = lc
+		s.logf("listener %s warming: waiting for %s", le.name, missing)
+		return nil
 	}
 	le.warming = nil
 	return s.activateLocked(le, lc)
 }
 
-// activateWarmingListeners activates listeners whose secrets have arrived.
+// missingLocked names an SDS secret or RDS route configuration lc waits for
+// ("" when none); s.mu must be held.
+func (s *Sim) missingLocked(lc *listenerConfig) string {
+	for _, n := range lc.secretNames {
+		if s.secrets[n] == nil {
+			return fmt.Sprintf("secret %q", n)
+		}
+	}
+	for _, n := range lc.routeNames {
+		if s.routes[n] == nil {
+			return fmt.Sprintf("route configuration %q", n)
+		}
+	}
+	return ""
+}
+
+// activateWarmingListeners activates listeners whose secrets and route
+// configurations have arrived.
 func (s *Sim) activateWarmingListeners() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -117,11 +132,7 @@ func (s *Sim) activateWarmingListeners() {
 		if lc == nil {
 			continue
 		}
-		ready := true
-		for _, n := range lc.secretNames {
-			ready = ready && s.secrets[n] != nil
-		}
-		if ready {
+		if s.missingLocked(lc) == "" {
 			le.warming = nil
 			if err := s.activateLocked(le, lc); err != nil {
 				s.logf("listener %s: %v", le.name, err)
@@ -193,6 +204,10 @@ func (s *Sim) onAccept(lc *listenerConfig, raw net.Conn) {
 	if chain == nil {
 		s.stats.counter(lc.statPrefix + ".no_filter_chain_match").Add(1)
 		_ = raw.Close()
+		return
+	}
+	if chain.hcm != nil {
+		s.serveHTTP(lc, chain, raw, sni)
 		return
 	}
 	d := newDispatcher()

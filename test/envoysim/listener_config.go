@@ -30,6 +30,7 @@ type listenerConfig struct {
 	chains           []*filterChainConfig
 	defaultChain     *filterChainConfig
 	secretNames      []string
+	routeNames       []string // RDS route configurations the HCMs name
 }
 
 type transportKind int
@@ -47,6 +48,7 @@ type filterChainConfig struct {
 	transport         transportKind
 	tls               *tlsv3.DownstreamTlsContext
 	factories         []filterFactory
+	hcm               *hcmConfig // set when the chain is an http_connection_manager
 }
 
 // filterFactory installs one configured filter on a new connection, like
@@ -61,6 +63,7 @@ type chainBuild struct {
 	// produce (postgres SQL metadata).
 	readsNamespaces []string
 	unproduced      []string
+	hcm             *hcmConfig
 }
 
 type networkFilter struct {
@@ -76,6 +79,7 @@ func networkFilters() map[protoreflect.FullName]networkFilter {
 		extAuthzConfigName: {build: buildExtAuthz},
 		tcpProxyConfigName: {terminal: true, build: buildTCPProxy},
 		postgresConfigName: {build: buildPostgres},
+		hcmConfigName:      {terminal: true, build: buildHCM},
 	}
 }
 
@@ -138,6 +142,7 @@ func (s *Sim) buildListener(l *listenerv3.Listener) (*listenerConfig, error) {
 		seen[key] = true
 		lc.chains = append(lc.chains, c)
 		lc.secretNames = append(lc.secretNames, names...)
+		lc.routeNames = append(lc.routeNames, c.routeNames()...)
 	}
 	if fc := l.GetDefaultFilterChain(); fc != nil {
 		c, names, err := s.buildFilterChain(fc)
@@ -146,6 +151,7 @@ func (s *Sim) buildListener(l *listenerv3.Listener) (*listenerConfig, error) {
 		}
 		lc.defaultChain = c
 		lc.secretNames = append(lc.secretNames, names...)
+		lc.routeNames = append(lc.routeNames, c.routeNames()...)
 	}
 	return lc, nil
 }
@@ -220,12 +226,30 @@ func (s *Sim) buildFilterChain(fc *listenerv3.FilterChain) (*filterChainConfig, 
 		}
 		c.factories = append(c.factories, factory)
 	}
+	if cb.hcm != nil {
+		// The sim serves HCM with net/http, from the first byte of the
+		// connection (after its transport socket), so nothing may precede it.
+		if len(filters) != 1 {
+			return nil, nil, errors.New("envoysim implements http_connection_manager only as the only network filter of its filter chain")
+		}
+		if c.transport == transportStartTLS {
+			return nil, nil, errors.New("envoysim does not implement http_connection_manager behind a starttls transport socket")
+		}
+		c.hcm = cb.hcm
+	}
 	for _, ns := range cb.readsNamespaces {
 		if slices.Contains(cb.unproduced, ns) {
 			return nil, nil, fmt.Errorf("dynamic metadata namespace %q is forwarded to an extension service, but envoysim does not produce it (postgres_proxy SQL parsing metadata is not implemented)", ns)
 		}
 	}
 	return c, secretNames, nil
+}
+
+func (c *filterChainConfig) routeNames() []string {
+	if c.hcm == nil || c.hcm.rdsName == "" {
+		return nil
+	}
+	return []string{c.hcm.rdsName}
 }
 
 // selectChain picks the filter chain for a connection: the most specific

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -23,6 +24,7 @@ type options struct {
 	logf                      func(format string, args ...any)
 	node                      *corev3.Node
 	connLog                   func(ConnInfo)
+	streamLog                 func(HTTPStreamInfo)
 }
 
 // ConnInfo describes a closed downstream connection, like a line of Envoy's
@@ -71,13 +73,18 @@ type Sim struct {
 	closed    bool
 	clusters  map[string]*clusterEntry
 	secrets   map[string]*tlsv3.Secret
+	routes    map[string]*routeTable
 	listeners map[string]*listenerEntry
 	grpcConns map[string]*grpc.ClientConn
 	oldGRPC   []*grpc.ClientConn
 	conns     map[*conn]struct{}
 	accepting map[net.Conn]struct{} // sockets still in the listener-filter phase
-	changed   chan struct{}         // closed and replaced on every config change
-	xds       *adsClient
+	// httpServers serve one HCM connection each; transports are the router's
+	// connection pools, by cluster entry.
+	httpServers map[*http.Server]struct{}
+	transports  map[*clusterEntry]*http.Transport
+	changed     chan struct{} // closed and replaced on every config change
+	xds         *adsClient
 
 	wg sync.WaitGroup
 }
@@ -88,11 +95,15 @@ func New(opts ...Option) *Sim {
 		stats:     newStats(),
 		clusters:  map[string]*clusterEntry{},
 		secrets:   map[string]*tlsv3.Secret{},
+		routes:    map[string]*routeTable{},
 		listeners: map[string]*listenerEntry{},
 		grpcConns: map[string]*grpc.ClientConn{},
 		conns:     map[*conn]struct{}{},
 		accepting: map[net.Conn]struct{}{},
 		changed:   make(chan struct{}),
+
+		httpServers: map[*http.Server]struct{}{},
+		transports:  map[*clusterEntry]*http.Transport{},
 	}
 	for _, o := range opts {
 		o(&s.opts)
@@ -198,6 +209,14 @@ func (s *Sim) Close() error {
 	for _, cc := range s.grpcConns {
 		grpcs = append(grpcs, cc)
 	}
+	servers := make([]*http.Server, 0, len(s.httpServers))
+	for srv := range s.httpServers {
+		servers = append(servers, srv)
+	}
+	transports := make([]*http.Transport, 0, len(s.transports))
+	for _, tr := range s.transports {
+		transports = append(transports, tr)
+	}
 	s.mu.Unlock()
 
 	if xds != nil {
@@ -209,7 +228,13 @@ func (s *Sim) Close() error {
 	for _, c := range conns {
 		c.d.post(func() { c.close(closeNoFlush, "envoysim_shutdown") })
 	}
+	for _, srv := range servers {
+		_ = srv.Close() // request handlers see their context end and finish
+	}
 	s.wg.Wait()
+	for _, tr := range transports {
+		tr.CloseIdleConnections()
+	}
 	for _, cc := range grpcs {
 		_ = cc.Close()
 	}

@@ -97,18 +97,42 @@ const (
 	// ViolationUnsolicitedResponses counts read_data/write_data responses with
 	// no request of that direction outstanding. Envoy injects them anyway.
 	ViolationUnsolicitedResponses = "unsolicited_responses"
-	// ViolationWrongTypeResponses counts responses Envoy can only partly apply:
-	// both read_data and write_data set (write_data is dropped).
+	// ViolationWrongTypeResponses counts responses of the wrong type: network
+	// ext_proc responses with both read_data and write_data set (write_data is
+	// dropped), and HTTP ext_proc responses that do not match the direction's
+	// state (Envoy's spurious_msgs_received: a 500 when fail-closed).
 	ViolationWrongTypeResponses = "wrong_type_responses"
 	// ViolationTimeouts counts message_timeout firings.
 	ViolationTimeouts = "timeouts"
 	// ViolationSpuriousResponses counts responses after processing completed.
 	ViolationSpuriousResponses = "spurious_responses"
+	// ViolationVersionDependentMutations counts HTTP ext_authz request header
+	// mutations whose effect differs between Envoy versions (contract §3): a
+	// HeaderValueOption with neither append nor append_action, ADD_IF_ABSENT
+	// or OVERWRITE_IF_EXISTS where the outcomes differ, append=true on an
+	// absent header, a header both set and removed. The portable recipe is
+	// OVERWRITE_IF_EXISTS_OR_ADD.
+	ViolationVersionDependentMutations = "version_dependent_mutations"
+	// ViolationIgnoredHeaderValues counts header values Envoy does not read:
+	// an HTTP ext_proc mutation with only value set (Envoy reads raw_value, so
+	// the header is set empty), an ext_authz one with only raw_value set
+	// (ext_authz reads value).
+	ViolationIgnoredHeaderValues = "ignored_header_values"
+	// ViolationIgnoredResponseFields counts HTTP ext_proc response fields Envoy
+	// ignores: anything beside override_message_timeout, mode_override without
+	// allow_mode_override, header mutations in a STREAMED body response.
+	ViolationIgnoredResponseFields = "ignored_response_fields"
+	// ViolationUnsupportedResponses counts HTTP ext_proc responses using
+	// features the sim does not implement (streamed_immediate_response, drain,
+	// flow control, typed dynamic metadata).
+	ViolationUnsupportedResponses = "unsupported_responses"
 )
 
 var violationKinds = []string{
 	ViolationUnansweredChunks, ViolationEmptyResponses, ViolationUnsolicitedResponses,
 	ViolationWrongTypeResponses, ViolationTimeouts, ViolationSpuriousResponses,
+	ViolationVersionDependentMutations, ViolationIgnoredHeaderValues, ViolationIgnoredResponseFields,
+	ViolationUnsupportedResponses,
 }
 
 // violation increments a violation counter; they live in the stats store under

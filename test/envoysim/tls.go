@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // TLS contexts: DownstreamTlsContext for listeners (tls and starttls transport
@@ -63,8 +66,34 @@ func loadTLSCertificate(tc *tlsv3.TlsCertificate) (tls.Certificate, error) {
 	return cert, nil
 }
 
+// checkValidationContext accepts trusted_ca and match_typed_subject_alt_names.
+// A trusted_ca file that does not load rejects the config, as Envoy reads it
+// when the context is created.
 func checkValidationContext(vc *tlsv3.CertificateValidationContext) error {
-	return checkFields(vc, "trusted_ca")
+	if err := checkFields(vc, "trusted_ca", "match_typed_subject_alt_names"); err != nil {
+		return err
+	}
+	for _, m := range vc.GetMatchTypedSubjectAltNames() {
+		if err := checkFields(m, "san_type", "matcher"); err != nil {
+			return err
+		}
+		if err := checkFields(m.GetMatcher(), "exact", "prefix", "suffix", "contains", "ignore_case"); err != nil {
+			return err
+		}
+		if m.GetSanType() == tlsv3.SubjectAltNameMatcher_SAN_TYPE_UNSPECIFIED || m.GetSanType() == tlsv3.SubjectAltNameMatcher_OTHER_NAME {
+			return fmt.Errorf("match_typed_subject_alt_names: san_type %s is not implemented by envoysim", m.GetSanType())
+		}
+	}
+	if f := vc.GetTrustedCa().GetFilename(); f != "" {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("Failed to load trusted CA certificates from %s: %w", f, err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return fmt.Errorf("Failed to load trusted CA certificates from %s", f)
+		}
+	}
+	return nil
 }
 
 func checkSecret(sec *tlsv3.Secret) error {
@@ -84,7 +113,8 @@ func checkSecret(sec *tlsv3.Secret) error {
 // context needs (a listener warms until they are present).
 func checkCommonTLS(ctx *tlsv3.CommonTlsContext) ([]string, error) {
 	if err := checkFields(ctx, "tls_params", "tls_certificates", "tls_certificate_sds_secret_configs",
-		"validation_context", "validation_context_sds_secret_config", "alpn_protocols"); err != nil {
+		"validation_context", "validation_context_sds_secret_config", "combined_validation_context",
+		"alpn_protocols"); err != nil {
 		return nil, err
 	}
 	if err := checkFields(ctx.GetTlsParams(), "tls_minimum_protocol_version", "tls_maximum_protocol_version"); err != nil {
@@ -111,6 +141,18 @@ func checkCommonTLS(ctx *tlsv3.CommonTlsContext) ([]string, error) {
 		}
 		names = append(names, sds.GetName())
 	}
+	if cvc := ctx.GetCombinedValidationContext(); cvc != nil {
+		if err := checkFields(cvc, "default_validation_context", "validation_context_sds_secret_config"); err != nil {
+			return nil, err
+		}
+		if err := checkValidationContext(cvc.GetDefaultValidationContext()); err != nil {
+			return nil, err
+		}
+		if err := checkSDSConfig(cvc.GetValidationContextSdsSecretConfig()); err != nil {
+			return nil, err
+		}
+		names = append(names, cvc.GetValidationContextSdsSecretConfig().GetName())
+	}
 	return names, nil
 }
 
@@ -127,6 +169,7 @@ func checkSDSConfig(sds *tlsv3.SdsSecretConfig) error {
 type resolvedTLS struct {
 	certs []tls.Certificate
 	roots *x509.CertPool
+	sans  []*tlsv3.SubjectAltNameMatcher
 	alpn  []string
 	min   uint16
 	max   uint16
@@ -171,13 +214,24 @@ func (s *Sim) resolveCommonTLS(ctx *tlsv3.CommonTlsContext, server bool) (*resol
 		r.certs = append(r.certs, cert)
 	}
 	vc := ctx.GetValidationContext()
-	if sds := ctx.GetValidationContextSdsSecretConfig(); sds != nil {
+	sds := ctx.GetValidationContextSdsSecretConfig()
+	if cvc := ctx.GetCombinedValidationContext(); cvc != nil {
+		vc, sds = cvc.GetDefaultValidationContext(), cvc.GetValidationContextSdsSecretConfig()
+	}
+	if sds != nil {
 		sec := s.secret(sds.GetName())
 		if sec.GetValidationContext() == nil {
 			return nil, fmt.Errorf("SDS secret %q (validation_context) is not available", sds.GetName())
 		}
-		vc = sec.GetValidationContext()
+		// A combined context is the default merged with the SDS one.
+		merged := proto.Clone(sec.GetValidationContext()).(*tlsv3.CertificateValidationContext)
+		if vc != nil {
+			merged = proto.Clone(vc).(*tlsv3.CertificateValidationContext)
+			proto.Merge(merged, sec.GetValidationContext())
+		}
+		vc = merged
 	}
+	r.sans = vc.GetMatchTypedSubjectAltNames()
 	if vc.GetTrustedCa() != nil {
 		pem, err := dataSource(vc.GetTrustedCa())
 		if err != nil {
@@ -221,6 +275,15 @@ func (s *Sim) serverTLSConfig(d *tlsv3.DownstreamTlsContext) (*tls.Config, *x509
 	} else if d.GetRequireClientCertificate().GetValue() {
 		cfg.ClientAuth = tls.RequireAnyClientCert
 	}
+	if len(r.sans) > 0 {
+		sans := r.sans
+		cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil // no client certificate: require_client_certificate decides
+			}
+			return verifyPeer(nil, sans)(raw, nil)
+		}
+	}
 	if d.GetRequireSni().GetValue() {
 		cfg.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 			if h.ServerName == "" {
@@ -252,16 +315,88 @@ func (s *Sim) clientTLSConfig(u *tlsv3.UpstreamTlsContext) (*tls.Config, error) 
 			return nil, err
 		}
 	}
+	// Envoy verifies the chain against trusted_ca and the SAN matchers, never
+	// the name against sni (that would take auto_sni_san_validation).
 	cfg := &tls.Config{
 		Certificates: r.certs, NextProtos: r.alpn, MinVersion: r.min, MaxVersion: r.max,
-		ServerName: u.GetSni(), RootCAs: r.roots, InsecureSkipVerify: r.roots == nil, //nolint:gosec // Envoy's default without a validation context
+		ServerName: u.GetSni(), InsecureSkipVerify: true, //nolint:gosec // verified below, as Envoy does
 	}
-	if r.roots != nil && u.GetSni() == "" {
-		// Envoy verifies the chain but, without sni or SAN matchers, not the name.
-		cfg.InsecureSkipVerify = true
-		cfg.VerifyPeerCertificate = verifyChainOnly(r.roots)
+	if r.roots != nil || len(r.sans) > 0 {
+		cfg.VerifyPeerCertificate = verifyPeer(r.roots, r.sans)
 	}
 	return cfg, nil
+}
+
+// verifyPeer checks the chain against roots (when set) and, when matchers are
+// given, that one SAN of the leaf matches one of them.
+func verifyPeer(roots *x509.CertPool, sans []*tlsv3.SubjectAltNameMatcher) func([][]byte, [][]*x509.Certificate) error {
+	return func(raw [][]byte, chains [][]*x509.Certificate) error {
+		if roots != nil {
+			if err := verifyChainOnly(roots)(raw, chains); err != nil {
+				return err
+			}
+		}
+		if len(sans) == 0 {
+			return nil
+		}
+		leaf, err := x509.ParseCertificate(raw[0])
+		if err != nil {
+			return err
+		}
+		if !matchSANs(leaf, sans) {
+			return errors.New("x509: certificate SANs do not match match_typed_subject_alt_names")
+		}
+		return nil
+	}
+}
+
+func matchSANs(leaf *x509.Certificate, sans []*tlsv3.SubjectAltNameMatcher) bool {
+	for _, m := range sans {
+		var values []string
+		switch m.GetSanType() {
+		case tlsv3.SubjectAltNameMatcher_DNS:
+			values = leaf.DNSNames
+		case tlsv3.SubjectAltNameMatcher_EMAIL:
+			values = leaf.EmailAddresses
+		case tlsv3.SubjectAltNameMatcher_URI:
+			for _, u := range leaf.URIs {
+				values = append(values, u.String())
+			}
+		case tlsv3.SubjectAltNameMatcher_IP_ADDRESS:
+			for _, ip := range leaf.IPAddresses {
+				values = append(values, ip.String())
+			}
+		}
+		for _, v := range values {
+			if matchString(m.GetMatcher(), v) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func matchString(m *matcherv3.StringMatcher, v string) bool {
+	if m.GetIgnoreCase() {
+		v = strings.ToLower(v)
+	}
+	norm := func(p string) string {
+		if m.GetIgnoreCase() {
+			return strings.ToLower(p)
+		}
+		return p
+	}
+	switch p := m.GetMatchPattern().(type) {
+	case *matcherv3.StringMatcher_Exact:
+		return v == norm(p.Exact)
+	case *matcherv3.StringMatcher_Prefix:
+		return strings.HasPrefix(v, norm(p.Prefix))
+	case *matcherv3.StringMatcher_Suffix:
+		return strings.HasSuffix(v, norm(p.Suffix))
+	case *matcherv3.StringMatcher_Contains:
+		return strings.Contains(v, norm(p.Contains))
+	}
+	return false
 }
 
 func verifyChainOnly(roots *x509.CertPool) func([][]byte, [][]*x509.Certificate) error {

@@ -1,7 +1,3 @@
-// Package audit is sluice's record of who did what. This file holds the
-// interface the gates write through and a logging implementation; the
-// durable stores, hash chain, query and export are issue 5 and extend the
-// Event here rather than replace it.
 package audit
 
 import (
@@ -12,34 +8,60 @@ import (
 	"github.com/sluicehq/sluice/policies"
 )
 
-// Kind names what an event records.
+// Kind names what an event records. Kinds are part of the versioned
+// schema: a new kind is added, an old one never renamed.
 type Kind string
 
-// Event kinds written so far.
+// Event kinds.
 const (
+	KindSessionStart  Kind = "session.start"
+	KindSessionEnd    Kind = "session.end"
+	KindAuthn         Kind = "authn"
+	KindStatement     Kind = "statement"
+	KindHTTPRequest   Kind = "http.request"
 	KindAuthzDecision Kind = "authz.decision"
 	KindGrantCreated  Kind = "grant.requested"
 	KindGrantApproved Kind = "grant.approved"
 	KindGrantDenied   Kind = "grant.denied"
 	KindGrantRevoked  Kind = "grant.revoked"
 	KindGrantExpired  Kind = "grant.expired"
+	KindConfigReload  Kind = "config.reload"
 )
 
-// Event is one audit record.
+// String returns the kind as records show it.
+func (k Kind) String() string { return string(k) }
+
+// Event is one audit record as the gates build it: schema version
+// SchemaVersion. Zero fields are omitted from the stored record.
 type Event struct {
-	Time      time.Time
-	Kind      Kind
+	Time time.Time // set by the store when zero
+	Kind Kind
+	// SessionID links the events of one connection; RequestID one
+	// statement or HTTP request across its decision and its result.
+	SessionID string
+	RequestID string
+	// Principal is who the verified token names: subject, groups, client
+	// and the human it acts for.
 	Principal policies.Principal
 	// Actor is who acted when it is not the principal (an approver).
-	Actor    string
-	Target   string
-	Source   string // the agent's address
-	Request  string // the statement, or "METHOD path"
-	Classes  []policies.OperationClass
-	Decision string
-	Reason   string
-	GrantID  string
-	TraceID  string
+	Actor   string
+	Target  string
+	Source  string // the agent's address
+	Request string // the statement, or "METHOD path"
+	Classes []policies.OperationClass
+	Tables  []string
+	// Decision is allow, deny or approval_required (or a grant state for
+	// grant events); Reason says why.
+	Decision      string
+	Reason        string
+	MaskedColumns []string
+	Rows          int64
+	Bytes         int64
+	Duration      time.Duration
+	Error         string
+	SQLState      string
+	GrantID       string
+	TraceID       string
 }
 
 // Sink receives events. Append returns once the event is recorded; a gate
@@ -48,22 +70,29 @@ type Sink interface {
 	Append(ctx context.Context, e Event) error
 }
 
-// LogSink writes events to a structured log. It is what serves until the
-// durable store lands; it is not tamper-evident and not queryable.
+// LogSink writes events to a structured log. It is not durable, not
+// tamper-evident and not queryable: tests and tools use it, serve uses a
+// Store.
 type LogSink struct{ Log *slog.Logger }
 
 // Append logs the event; it cannot fail.
 func (s LogSink) Append(_ context.Context, e Event) error {
-	classes := make([]string, len(e.Classes))
-	for i, c := range e.Classes {
-		classes[i] = c.String()
-	}
 	s.Log.Info("audit", "kind", string(e.Kind), "time", e.Time.UTC().Format(time.RFC3339Nano),
+		"session_id", e.SessionID, "request_id", e.RequestID,
 		"subject", e.Principal.Subject, "issuer", e.Principal.Issuer, "client", e.Principal.Client,
 		"on_behalf_of", e.Principal.OnBehalfOf, "actor", e.Actor, "target", e.Target, "source", e.Source,
-		"request", e.Request, "classes", classes, "decision", e.Decision, "reason", e.Reason,
-		"grant_id", e.GrantID, "trace_id", e.TraceID)
+		"request", e.Request, "classes", classNames(e.Classes), "tables", e.Tables, "decision", e.Decision, "reason", e.Reason,
+		"masked_columns", e.MaskedColumns, "rows", e.Rows, "bytes", e.Bytes, "duration", e.Duration,
+		"error", e.Error, "sqlstate", e.SQLState, "grant_id", e.GrantID, "trace_id", e.TraceID)
 	return nil
+}
+
+func classNames(cs []policies.OperationClass) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.String()
+	}
+	return out
 }
 
 var _ Sink = LogSink{}

@@ -11,6 +11,7 @@ type Config struct {
 	Envoy     Envoy         `yaml:"envoy"`
 	Identity  Identity      `yaml:"identity"`
 	Approvers Approvers     `yaml:"approvers"`
+	Auditors  Auditors      `yaml:"auditors"`
 	Grants    Grants        `yaml:"grants"`
 	Audit     Audit         `yaml:"audit"`
 	Telemetry Telemetry     `yaml:"telemetry"`
@@ -86,12 +87,38 @@ type Grants struct {
 	MaxDuration time.Duration `yaml:"max_duration"`
 }
 
+// Auditors names who may read the audit trail through GET /v1/audit.
+type Auditors struct {
+	Groups []string `yaml:"groups"`
+}
+
 // Audit configures the audit trail.
 type Audit struct {
 	// Store is sqlite:///path/to/file.db or a postgres:// URL.
-	Store          string        `yaml:"store"`
-	Retention      time.Duration `yaml:"retention"`
-	SigningKeyFile string        `yaml:"signing_key_file"`
+	Store     string        `yaml:"store"`
+	Retention time.Duration `yaml:"retention"`
+	// SigningKeyFile holds the ed25519 key that signs checkpoints (PEM
+	// PKCS #8, a raw 32-byte seed, or the seed in hex). Required with a
+	// postgres store; without it a sqlite store signs with a key that lives
+	// as long as the process.
+	SigningKeyFile string `yaml:"signing_key_file"`
+	// CheckpointEvery and CheckpointInterval set how often a writer seals
+	// its chain with a signed checkpoint: after that many events, or that
+	// long after the first unsealed one.
+	CheckpointEvery    int           `yaml:"checkpoint_every"`
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// Export copies committed events elsewhere; the store stays the record.
+	Export AuditExport `yaml:"export"`
+}
+
+// AuditExport names where audit events are copied to.
+type AuditExport struct {
+	// OTLPEndpoint is host:port of an OTLP/gRPC logs receiver.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	OTLPInsecure bool   `yaml:"otlp_insecure"`
+	// JSONL is a file events are appended to as JSON lines, or "-" for
+	// stdout.
+	JSONL string `yaml:"jsonl"`
 }
 
 // Telemetry configures traces, metrics and logs.

@@ -20,6 +20,8 @@ const (
 	DefaultGrantMaxDuration      = 8 * time.Hour
 	DefaultAuditStore            = "sqlite://sluice-audit.db"
 	DefaultAuditRetention        = 2160 * time.Hour
+	DefaultCheckpointEvery       = 1000
+	DefaultCheckpointInterval    = 10 * time.Second
 	DefaultServiceName           = "sluice"
 	DefaultLogLevel              = "info"
 	DefaultLogFormat             = "json"
@@ -54,6 +56,8 @@ func applyDefaults(c *Config) {
 	setDefault(&c.Grants.MaxDuration, DefaultGrantMaxDuration)
 	setDefault(&c.Audit.Store, DefaultAuditStore)
 	setDefault(&c.Audit.Retention, DefaultAuditRetention)
+	setDefault(&c.Audit.CheckpointEvery, DefaultCheckpointEvery)
+	setDefault(&c.Audit.CheckpointInterval, DefaultCheckpointInterval)
 	setDefault(&c.Telemetry.ServiceName, DefaultServiceName)
 	setDefault(&c.Telemetry.LogLevel, DefaultLogLevel)
 	setDefault(&c.Telemetry.LogFormat, DefaultLogFormat)

@@ -164,10 +164,28 @@ func (v *validator) validate(c *Config) {
 			v.errorf("audit.store", "expected sqlite://<path to the database file>, got %q", c.Audit.Store)
 		}
 	case strings.HasPrefix(c.Audit.Store, "postgres://"), strings.HasPrefix(c.Audit.Store, "postgresql://"):
+		if c.Audit.SigningKeyFile == "" {
+			// Replicas share the store, so their checkpoints must be signed
+			// with one key that verify can check; an ephemeral key per
+			// process would make the trail unverifiable.
+			v.errorAt("audit.store", "audit.signing_key_file", "required with a postgres audit store: every replica signs checkpoints with this key (create one with: sluice audit keygen --out FILE)")
+		}
 	default:
 		v.errorf("audit.store", "expected sqlite://<path> or postgres://…, got %q", c.Audit.Store)
 	}
 	v.positive("audit.retention", c.Audit.Retention)
+	if c.Audit.CheckpointEvery < 1 {
+		v.errorf("audit.checkpoint_every", "expected a positive number of events, got %d", c.Audit.CheckpointEvery)
+	}
+	v.positive("audit.checkpoint_interval", c.Audit.CheckpointInterval)
+	if c.Audit.Export.OTLPEndpoint != "" {
+		v.addr("audit.export.otlp_endpoint", c.Audit.Export.OTLPEndpoint)
+	}
+	for i, g := range c.Auditors.Groups {
+		if strings.TrimSpace(g) == "" {
+			v.errorf(fmt.Sprintf("auditors.groups[%d]", i), "expected a group name, got an empty string")
+		}
+	}
 
 	switch c.Telemetry.LogLevel {
 	case "debug", "info", "warn", "error":

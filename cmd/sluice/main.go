@@ -22,6 +22,7 @@ Usage:
   sluice envoy bootstrap --config FILE  print the Envoy bootstrap YAML for that config
   sluice grants request|list|get|approve|deny|revoke ...
                                         just-in-time grants, through the API ("sluice grants -h")
+  sluice audit verify|query|keygen ...  check, search and key the audit trail ("sluice audit -h")
   sluice version                        print the version
 
 Run "sluice COMMAND -h" for a command's flags.
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return errors.New(`unknown envoy command (expected "envoy bootstrap")`)
 		}
 		return bootstrapCmd(args[2:], stdout, stderr)
+	case "audit":
+		return auditCmd(ctx, args[1:], stdout, stderr)
 	case "grants":
 		return grantsCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":

@@ -174,6 +174,11 @@ func TestServeServesADSAndAPI(t *testing.T) {
 	} else {
 		r.Body.Close()
 	}
+	if r, err := http.Get(api + "/v1/audit?target=orders-db"); err != nil || r.StatusCode != 401 {
+		t.Errorf("GET /v1/audit without a token: %v %v, want 401", r, err)
+	} else {
+		r.Body.Close()
+	}
 	nf, err := http.Get(api + "/v1/nothing")
 	if err != nil {
 		t.Fatal(err)

@@ -50,7 +50,19 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Warn("telemetry shutdown", "err", err)
 		}
 	}()
-	s, err := newServer(cfg, log, tel)
+	// The audit store opens first and closes last: nothing is decided
+	// that cannot be recorded, and the final checkpoint is signed after
+	// every server has stopped.
+	store, err := audit.OpenConfig(ctx, cfg, log.With("component", "audit"))
+	if err != nil {
+		return fmt.Errorf("audit.store: %w", err)
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error("audit store close", "err", err)
+		}
+	}()
+	s, err := newServer(cfg, log, tel, store)
 	if err != nil {
 		return err
 	}
@@ -69,6 +81,7 @@ type server struct {
 	// stopGrants ends the grant cache's subscription and the webhook.
 	stopGrants context.CancelFunc
 	grantsAPI  *grants.API
+	audit      audit.Store
 	// cfg is the running config, swapped by apply on reload.
 	cfg    atomic.Pointer[policies.Config]
 	health *health.Server
@@ -86,8 +99,8 @@ type boundGRPC struct {
 	srv  *grpc.Server
 }
 
-func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry) (_ *server, err error) {
-	s := &server{log: log, tel: tel, health: health.NewServer()}
+func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry, store audit.Store) (_ *server, err error) {
+	s := &server{log: log, tel: tel, health: health.NewServer(), audit: store}
 	s.cfg.Store(cfg)
 	var opened []net.Listener
 	defer func() {
@@ -153,9 +166,7 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry)
 	webhook := grants.NewWebhook(grantCtx, grants.WebhookOptions{Config: s.config, Logger: log.With("component", "grants-webhook")})
 	s.grants = grants.Notifying(s.grants, webhook)
 	cached := grants.NewActiveCache(grantCtx, s.grants, log.With("component", "grants"))
-	// Until the durable audit store lands (issue 5), decisions and grant
-	// transitions are written to the structured log.
-	sink := audit.LogSink{Log: log.With("component", "audit")}
+	sink := store
 	s.authz, err = authz.NewServer(cfg, authz.Options{
 		Logger: log.With("component", "authz"), Meter: tel.Meter("authz"),
 		Grants: authz.GrantsFrom(cached), Audit: sink,
@@ -200,6 +211,11 @@ func (s *server) apiMux() *http.ServeMux {
 	for _, route := range []string{"/v1/grants", "/v1/grants/", "/v1/openapi.yaml"} {
 		mux.Handle(route, s.grantsAPI.Handler())
 	}
+	mux.Handle("GET /v1/audit", audit.NewQueryAPI(audit.QueryAPIOptions{
+		Store: s.audit, Authenticate: s.authenticate,
+		AuditorGroups: func() []string { return s.config().Auditors.Groups },
+		Log:           s.log.With("component", "audit-api"),
+	}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not_found", "reason": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})
@@ -277,6 +293,10 @@ func (s *server) run(ctx context.Context, configPath string) error {
 	})
 	watcher := policies.NewWatcher(configPath, s.log.With("component", "config"), s.apply)
 	g.Go(func() error { return watcher.Run(ctx) })
+	g.Go(func() error {
+		audit.RunRetention(ctx, s.audit, s.config().Audit.Retention, audit.DefaultRetentionInterval, nil, s.log.With("component", "audit-retention"))
+		return nil
+	})
 
 	s.ready.Store(true)
 	s.health.Resume()

@@ -1,0 +1,111 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/policies"
+)
+
+func TestQueryAPI(t *testing.T) {
+	key := newKey(t)
+	s := open(t, "sqlite://"+filepath.Join(t.TempDir(), "audit.db"), key)
+	defer s.Close()
+	t0 := time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC)
+	for i, ev := range []Event{
+		statement("agent-a", "orders-db", "SELECT * FROM customers", policies.ClassRead),
+		statement("agent-b", "orders-db", "SELECT 1", policies.ClassRead),
+		statement("agent-a", "billing-db", "SELECT 2", policies.ClassRead),
+		statement("agent-a", "orders-db", "SELECT * FROM orders", policies.ClassRead),
+	} {
+		ev.Time = t0.Add(time.Duration(i) * 3 * time.Minute)
+		if err := s.Append(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokens := map[string]policies.Principal{
+		"auditor": {Subject: "alice", Groups: []string{"security", "staff"}},
+		"agent":   {Subject: "agent-a", Groups: []string{"agents"}},
+	}
+	h := NewQueryAPI(QueryAPIOptions{Store: s,
+		Authenticate: func(r *http.Request) (policies.Principal, error) {
+			p, ok := tokens[strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")]
+			if !ok {
+				return p, errors.New("invalid token")
+			}
+			return p, nil
+		},
+		AuditorGroups: func() []string { return []string{"security"} },
+	})
+	get := func(token, query string) (int, map[string]any) {
+		req := httptest.NewRequest("GET", "/v1/audit?"+query, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var body map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+			t.Fatalf("%s: body %q: %v", query, rec.Body.String(), err)
+		}
+		return rec.Code, body
+	}
+	if code, body := get("", ""); code != 401 || body["error"] != "unauthenticated" {
+		t.Errorf("no token: %d %v", code, body)
+	}
+	if code, body := get("agent", ""); code != 403 || body["error"] != "forbidden" {
+		t.Errorf("agent: %d %v", code, body)
+	}
+	if code, body := get("auditor", "since=yesterday"); code != 400 || !strings.Contains(body["message"].(string), "since") {
+		t.Errorf("bad since: %d %v", code, body)
+	}
+	// Which agent touched orders-db between 02:00 and 02:10 UTC, and what
+	// did it read?
+	code, body := get("auditor", "target=orders-db&since=2025-03-01T02:00:00Z&until=2025-03-01T02:10:00Z&class=read")
+	if code != 200 {
+		t.Fatalf("query: %d %v", code, body)
+	}
+	evs := body["events"].([]any)
+	if len(evs) != 3 {
+		t.Fatalf("got %d events, want 3: %v", len(evs), body)
+	}
+	first := evs[0].(map[string]any)
+	if first["request"] != "SELECT * FROM orders" || first["principal"].(map[string]any)["subject"] != "agent-a" ||
+		first["seq"].(float64) != 4 || len(first["hash"].(string)) != 64 || first["tables"].([]any)[0] != "orders" {
+		t.Errorf("newest event = %v", first)
+	}
+	code, body = get("auditor", "principal=agent-a&limit=1")
+	if code != 200 || len(body["events"].([]any)) != 1 || body["next_cursor"] == nil {
+		t.Fatalf("page 1: %d %v", code, body)
+	}
+	code, body = get("auditor", "principal=agent-a&limit=5&cursor="+body["next_cursor"].(string))
+	if code != 200 || len(body["events"].([]any)) != 2 || body["next_cursor"] != nil {
+		t.Errorf("page 2: %d %v", code, body)
+	}
+}
+
+func TestParseTime(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"2025-03-01T02:00:00Z":      time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC),
+		"2025-03-01T04:00:00+02:00": time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC),
+		"2025-03-01 02:10":          time.Date(2025, 3, 1, 2, 10, 0, 0, time.UTC),
+		"02:00":                     time.Date(2025, 3, 1, 2, 0, 0, 0, time.UTC),
+		"90m":                       now.Add(-90 * time.Minute),
+	} {
+		got, err := ParseTime(in, now)
+		if err != nil || !got.Equal(want) {
+			t.Errorf("ParseTime(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	if _, err := ParseTime("yesterday", now); err == nil {
+		t.Error("ParseTime(yesterday) succeeded")
+	}
+}

@@ -1,0 +1,181 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// rows is what both drivers' result sets have in common.
+type rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close()
+}
+
+// querier runs SQL written with ? placeholders (the Postgres dialect
+// rebinds them to $n).
+type querier interface {
+	query(ctx context.Context, q string, args ...any) (rows, error)
+	exec(ctx context.Context, q string, args ...any) (int64, error)
+}
+
+// dialect is one database behind a Store. Everything above it (chains,
+// verification, query, retention, export cursors) is shared SQL.
+type dialect interface {
+	querier
+	name() string
+	// commit writes events and checkpoints in one transaction and returns
+	// once it is durable: fsync'd (SQLite) or committed with
+	// synchronous_commit on (Postgres).
+	commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error
+	// tx runs fn in one transaction; lockName serialises it across
+	// replicas where the database can (Postgres advisory lock).
+	tx(ctx context.Context, lockName string, fn func(querier) error) error
+	// ilike is the case-insensitive LIKE operator.
+	ilike() string
+	close() error
+}
+
+type eventRow struct {
+	writer     string
+	seq        int64
+	hash, prev []byte
+	body       string
+	ix         index
+}
+
+type checkpointRow struct {
+	writer, kind string
+	seq          int64
+	body         string
+	sig          []byte
+}
+
+const (
+	insertEventPrefix   = "INSERT INTO audit_events (writer, seq, hash, prev, body, " + indexColumns + ") VALUES "
+	insertEventSQL      = insertEventPrefix + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	eventColumns        = 16
+	insertCheckpointSQL = "INSERT INTO audit_checkpoints (writer, kind, seq, body, sig) VALUES (?, ?, ?, ?, ?)"
+)
+
+func (r *eventRow) args() []any {
+	return append([]any{r.writer, r.seq, r.hash, r.prev, r.body}, r.ix.args()...)
+}
+
+func (c *checkpointRow) args() []any { return []any{c.writer, c.kind, c.seq, c.body, c.sig} }
+
+// ErrNotFound is returned for a chain or cursor the store does not hold.
+var ErrNotFound = errors.New("not found")
+
+// chainHead returns the last seq of writer's chain and its hash: from its
+// newest event, or, when retention removed them all, from its newest
+// checkpoint. ErrNotFound means the chain does not exist.
+func chainHead(ctx context.Context, q querier, writer string) (int64, Hash, error) {
+	var seq int64
+	var hb []byte
+	err := queryOne(ctx, q, "SELECT seq, hash FROM audit_events WHERE writer = ? ORDER BY seq DESC LIMIT 1", []any{writer}, &seq, &hb)
+	if err == nil {
+		h, _ := hashFrom(hb)
+		return seq, h, nil
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return 0, Hash{}, err
+	}
+	var body string
+	if err := queryOne(ctx, q, "SELECT body FROM audit_checkpoints WHERE writer = ? ORDER BY seq DESC, id DESC LIMIT 1", []any{writer}, &body); err != nil {
+		return 0, Hash{}, err
+	}
+	cp, err := decodeCheckpoint([]byte(body))
+	if err != nil {
+		return 0, Hash{}, fmt.Errorf("chain %s: newest checkpoint: %w", writer, err)
+	}
+	return cp.Seq, cp.Head, nil
+}
+
+// queryOne scans the first row into dest; ErrNotFound when there is none.
+func queryOne(ctx context.Context, q querier, sql string, args []any, dest ...any) error {
+	rs, err := q.query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	if !rs.Next() {
+		if err := rs.Err(); err != nil {
+			return err
+		}
+		return ErrNotFound
+	}
+	return rs.Scan(dest...)
+}
+
+// writers lists every chain the store knows, from events or checkpoints.
+func writers(ctx context.Context, q querier) ([]string, error) {
+	rs, err := q.query(ctx, "SELECT writer FROM audit_events GROUP BY writer UNION SELECT writer FROM audit_checkpoints GROUP BY writer ORDER BY 1")
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []string
+	for rs.Next() {
+		var w string
+		if err := rs.Scan(&w); err != nil {
+			return nil, err
+		}
+		out = append(out, w)
+	}
+	return out, rs.Err()
+}
+
+// storedCheckpoint is a checkpoint row as read back, before verification.
+type storedCheckpoint struct {
+	id           int64
+	writer, kind string
+	seq          int64
+	body         string
+	sig          []byte
+}
+
+func checkpointRows(ctx context.Context, q querier) ([]storedCheckpoint, error) {
+	rs, err := q.query(ctx, "SELECT id, writer, kind, seq, body, sig FROM audit_checkpoints ORDER BY id")
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []storedCheckpoint
+	for rs.Next() {
+		var c storedCheckpoint
+		if err := rs.Scan(&c.id, &c.writer, &c.kind, &c.seq, &c.body, &c.sig); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rs.Err()
+}
+
+// storedEvent is an event row as read back, before verification.
+type storedEvent struct {
+	seq        int64
+	hash, prev []byte
+	body       string
+	ix         index
+}
+
+const selectEventSQL = "SELECT seq, hash, prev, body, " + indexColumns + " FROM audit_events"
+
+func scanEvent(rs rows) (storedEvent, error) {
+	var e storedEvent
+	err := rs.Scan(append([]any{&e.seq, &e.hash, &e.prev, &e.body}, e.ix.dest()...)...)
+	return e, err
+}
+
+// record decodes a stored event whose hash the caller trusts or checks.
+func (e storedEvent) record() (Record, error) {
+	r, err := decodeBody([]byte(e.body))
+	if err != nil {
+		return Record{}, err
+	}
+	r.Hash, _ = hashFrom(e.hash)
+	return r, nil
+}

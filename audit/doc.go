@@ -1,0 +1,120 @@
+// Package audit is sluice's record of who did what: the event schema, the
+// durable stores (SQLite embedded, Postgres shared), the hash chains and
+// signed checkpoints that make the record tamper-evident, query, retention
+// and export. A gate forwards a statement or request only after Append
+// has returned nil for its event (design.md section 8).
+//
+// # Events and chains
+//
+// Every process that writes is a writer with its own chain: a random id
+// per start (WithWriterID fixes one per replica). The writer numbers its
+// events 1, 2, 3… without gaps, and each stored record carries
+//
+//	hash = SHA-256(canonical body)
+//	body = {"v":1,"writer":W,"seq":N,"prev":hash(N-1), …event fields…}
+//
+// The canonical body is the JSON of the versioned schema (record.go), with
+// fields in schema order, UTC times and no HTML escaping. The store keeps
+// the exact bytes that were hashed, so verification never depends on an
+// encoder reproducing them. Columns used by queries (time, kind, subject,
+// target, decision, classes, grant id, request, reason) are copies of body
+// fields; verify checks they agree with the body, so editing a column to
+// hide an event from queries is detected like editing the body.
+//
+// One chain per writer keeps replicas independent (no shared counter, no
+// cross-replica lock on the append path) and makes a chain's order the
+// order its writer committed.
+//
+// # Checkpoints
+//
+// A checkpoint is a signed (ed25519) statement "chain W's event N has hash
+// H". The writer commits one
+//
+//   - start: before its first append (seq 0): a chain without a signed
+//     start was made up;
+//   - periodic: in the same transaction as the batch that reaches
+//     checkpoint_every events since the last one, or on its own once
+//     checkpoint_interval has passed with unsealed events;
+//   - final: at Close: any event after it was inserted;
+//   - retention: when events are pruned, naming the last removed event and
+//     its hash, the base the rest of the chain links to.
+//
+// The key comes from audit.signing_key_file (see LoadSigningKey for the
+// formats; `sluice audit keygen` writes one). Without a key file a sqlite
+// store signs with a key generated at start and logs a warning (the demo
+// stays runnable; verify proves chain consistency but not who signed);
+// a postgres store refuses to start (OpenConfig).
+//
+// # Verification
+//
+// Verify checks each checkpoint's signature (against the trusted keys:
+// the signer's and WithTrustedKeys), then walks each chain in seq order
+// from its base, checking for each event: its hash, its link to the event
+// before, its seq, its columns, and the checkpoint that sealed it. It
+// reports the first problem of each chain precisely: "chain W: event seq
+// 17 altered (hash mismatch)", "event seq 18 missing", "inserted event at
+// seq 18", "event seq 17 reordered (found after seq 18)", "checkpoint 3
+// signature invalid", "events seq 26–30 missing (checkpoint 4 sealed seq
+// 30)".
+//
+// What verification cannot see: events after a chain's last checkpoint
+// are protected by the chain alone, so a tail cut off there, or a whole
+// chain (events and checkpoints) deleted, leaves no trace in the store;
+// verify notes unsealed tails, checkpoint_every/checkpoint_interval bound
+// them, and an exporter's copy (OTLP, JSON lines) carries each event's
+// writer, seq and hash to a place the database's owner does not control.
+//
+// # Group commit and durability
+//
+// The writer is one goroutine per store (writer.go). Append encodes its
+// event on the caller's goroutine, queues it and waits. The writer takes
+// everything queued (up to max batch), numbers and hashes it, and commits
+// it in one transaction; every Append of the batch then gets the commit's
+// result. While a batch commits, the next one queues, so the commit cost
+// is shared by all concurrent appends:
+//
+//	gate ──Append──▶ queue ──▶ writer: seq, hash ──▶ BEGIN; INSERT…; [checkpoint]; COMMIT ──▶ fsync
+//	gate ◀─────────────────────────────────────── nil or error ◀────────────────────────────┘
+//
+// SQLite runs in WAL mode with synchronous=FULL: COMMIT returns after the
+// WAL is fsync'd (fdatasync on Linux), so a committed batch survives power
+// loss, not only a crash of sluice. WAL checkpoints run on their own
+// connection, off the commit path. Postgres commits with
+// synchronous_commit=on, set on every connection: COMMIT returns after
+// the WAL record is flushed on the server (and on synchronous standbys,
+// if the server has them).
+//
+// The SIGKILL tests kill a writing process mid-burst and check that every
+// acknowledged append is in the store and the chains verify. They prove
+// no Append returns before its commit; the fsync settings above are what
+// make a commit outlive the machine.
+//
+// Failure: a commit that fails (database down, disk full, a commit past
+// WithCommitTimeout) fails every append of its batch, and the writer
+// rereads its chain head before the next batch, because a lost COMMIT
+// reply may hide a commit that happened. Appends to a store that is down
+// fail at once, bounded by the caller's context: gates refuse (fail
+// closed); nothing is forwarded unaudited.
+//
+// Cancellation: an Append whose context ends before the writer takes it is
+// dropped, never written; one whose context ends while its batch commits
+// returns the context's error and the event is still written, once. An
+// error therefore means "not known to be durable": the gate does not
+// forward, and the trail may still show the event (a record of a statement
+// that was refused). Nothing is written twice.
+//
+// # Retention
+//
+// Prune removes, per chain, the prefix of events older than the cutoff,
+// in bounded transactions that each write a retention checkpoint, so that
+// what remains verifies from the new base. RunRetention runs it on a
+// schedule.
+//
+// # Export
+//
+// Exporters (OTLP logs, JSON lines) run behind the store, each from its
+// own cursor kept in the store: a failing exporter never delays or fails
+// an Append; it backs off and catches up. Delivery is at least once. A
+// process ships its own chain at each commit and, every 30 s, chains idle
+// for a minute (a writer that stopped with events unshipped).
+package audit

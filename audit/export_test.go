@@ -1,0 +1,170 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	collogs "go.opentelemetry.io/proto/otlp/collector/logs/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/sluicehq/sluice/policies"
+)
+
+// receiver is an OTLP/gRPC logs endpoint (the real protocol, served by
+// grpc-go) that refuses every request while down is set.
+type receiver struct {
+	collogs.UnimplementedLogsServiceServer
+	down atomic.Bool
+	mu   sync.Mutex
+	seqs map[string]map[int64]bool // writer → seqs received
+	n    int
+}
+
+func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceRequest) (*collogs.ExportLogsServiceResponse, error) {
+	if r.down.Load() {
+		return nil, status.Error(codes.Unavailable, "receiver down")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rl := range req.ResourceLogs {
+		for _, sl := range rl.ScopeLogs {
+			for _, lr := range sl.LogRecords {
+				var w string
+				var seq int64
+				for _, a := range lr.Attributes {
+					switch a.Key {
+					case "sluice.audit.writer":
+						w = a.Value.GetStringValue()
+					case "sluice.audit.seq":
+						seq = a.Value.GetIntValue()
+					}
+				}
+				if r.seqs[w] == nil {
+					r.seqs[w] = map[int64]bool{}
+				}
+				r.seqs[w][seq] = true
+				r.n++
+			}
+		}
+	}
+	return &collogs.ExportLogsServiceResponse{}, nil
+}
+
+func (r *receiver) count(w string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seqs[w])
+}
+
+func startReceiver(t *testing.T) (*receiver, string) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{seqs: map[string]map[int64]bool{}}
+	srv := grpc.NewServer()
+	collogs.RegisterLogsServiceServer(srv, r)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return r, lis.Addr().String()
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !ok(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+	}
+}
+
+func lines(t *testing.T, path string) []Record {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("jsonl line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// testExportCatchUp: a receiver that is down never slows an Append; the
+// exporter catches up when it is back, and after a restart the next
+// process ships what the last one could not.
+func testExportCatchUp(t *testing.T, e env) {
+	url, _ := e.fresh(t)
+	key := newKey(t)
+	rcv, addr := startReceiver(t)
+	rcv.down.Store(true)
+	jsonl := filepath.Join(t.TempDir(), "audit.jsonl")
+	exporters := func() []Exporter {
+		o, err := NewOTLPExporter(context.Background(), OTLPOptions{Endpoint: addr, Insecure: true, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := NewJSONLExporter(jsonl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []Exporter{o, j}
+	}
+	s1 := open(t, url, key, WithExporters(exporters()...))
+	start := time.Now()
+	for i := range 100 {
+		ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
+		ev.RequestID = string(rune('a' + i%26))
+		if err := s1.Append(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("100 appends took %s with the OTLP receiver down", d)
+	}
+	waitFor(t, "100 JSON lines", 10*time.Second, func() bool { return len(lines(t, jsonl)) == 100 })
+	if got := lines(t, jsonl); got[0].Seq != 1 || got[99].Seq != 100 || got[0].Writer != s1.Writer() || got[0].Hash.IsZero() {
+		t.Errorf("jsonl: first %+v, last %+v", got[0], got[99])
+	}
+	if rcv.count(s1.Writer()) != 0 {
+		t.Fatal("the receiver is down but got records")
+	}
+	rcv.down.Store(false)
+	waitFor(t, "OTLP catch-up", 20*time.Second, func() bool { return rcv.count(s1.Writer()) == 100 })
+
+	// Down again; s1 appends and closes without shipping; s2 (another
+	// process, another chain) ships s1's chain once it is idle.
+	rcv.down.Store(true)
+	for range 10 {
+		if err := s1.Append(context.Background(), statement("agent", "orders-db", "SELECT 2", policies.ClassRead)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w1 := s1.Writer()
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rcv.down.Store(false)
+	s2 := open(t, url, key, WithExporters(exporters()...), func(o *options) { o.orphanAfter = 0 })
+	defer s2.Close()
+	waitFor(t, "the stopped chain's tail", 20*time.Second, func() bool { return rcv.count(w1) == 110 })
+	if n := len(lines(t, jsonl)); n != 110 {
+		t.Errorf("jsonl has %d lines, want 110", n)
+	}
+}

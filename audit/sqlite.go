@@ -1,0 +1,258 @@
+package audit
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	// modernc.org/sqlite is SQLite transpiled to Go: no cgo, so the one
+	// static sluice binary and its tests build anywhere Go does, and it
+	// exposes the WAL, synchronous and fdatasync controls durability needs.
+	"modernc.org/sqlite"
+)
+
+const sqliteSchema = `
+CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_events (
+	writer TEXT NOT NULL, seq INTEGER NOT NULL,
+	hash BLOB NOT NULL, prev BLOB NOT NULL, body TEXT NOT NULL,
+	time_ns INTEGER NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL, client TEXT NOT NULL,
+	on_behalf_of TEXT NOT NULL, target TEXT NOT NULL, decision TEXT NOT NULL, classes TEXT NOT NULL,
+	grant_id TEXT NOT NULL, request TEXT NOT NULL, reason TEXT NOT NULL,
+	PRIMARY KEY (writer, seq));
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ns);
+CREATE INDEX IF NOT EXISTS audit_events_target ON audit_events (target, time_ns);
+CREATE INDEX IF NOT EXISTS audit_events_grant ON audit_events (grant_id) WHERE grant_id <> '';
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+	id INTEGER PRIMARY KEY AUTOINCREMENT, writer TEXT NOT NULL, kind TEXT NOT NULL,
+	seq INTEGER NOT NULL, body TEXT NOT NULL, sig BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_checkpoints_writer ON audit_checkpoints (writer, seq);
+CREATE TABLE IF NOT EXISTS audit_export_cursors (
+	exporter TEXT NOT NULL, writer TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (exporter, writer));
+INSERT INTO audit_meta (key, value) VALUES ('schema_version', '1') ON CONFLICT (key) DO NOTHING;
+`
+
+// sqliteDB is the embedded store: one file in WAL mode. Writes go through
+// one connection (the store's writer goroutine and retention share it, so
+// they never wait on SQLite's lock); reads use a pool that WAL lets run
+// beside the writer.
+type sqliteDB struct {
+	w *sql.DB // one connection; nil when read-only
+	r *sql.DB
+	// ckpt copies the WAL into the database file from its own connection,
+	// so that no COMMIT an append waits on also pays for a checkpoint
+	// (SQLite's automatic checkpoint runs inside the committing call).
+	ckpt     *sql.DB
+	stopCkpt chan struct{}
+	ckptDone chan struct{}
+}
+
+// walCheckpointEvery is how often the WAL is folded into the database.
+const walCheckpointEvery = time.Second
+
+// openSQLite opens (creating unless readOnly) the database file at path.
+// pragmas are extra "name(value)" settings, for tests (max_page_count).
+func openSQLite(ctx context.Context, path string, readOnly bool, pragmas []string) (*sqliteDB, error) {
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("sqlite: bad database path %q", path)
+	}
+	// Linux builds of SQLite sync with fdatasync; this transpiled one keeps
+	// fsync unless told. fdatasync flushes the data and the size needed to
+	// read it back, so durability is the same and a commit costs about
+	// half. The switch is process-wide; nothing else in sluice uses SQLite.
+	_, _ = sqlite.Fdatasync(true)
+	q := url.Values{}
+	// synchronous=FULL: in WAL mode every COMMIT fsyncs the WAL before it
+	// returns, so a committed batch survives power loss, not just a crash.
+	for _, p := range append([]string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(FULL)", "wal_autocheckpoint(0)"}, pragmas...) {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	dsn := path + "?" + q.Encode()
+	if readOnly {
+		// Opening would create an empty file where the store is not.
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("sqlite: no audit store: %w", err)
+		}
+	}
+	db := &sqliteDB{}
+	var err error
+	if !readOnly {
+		if db.w, err = sql.Open("sqlite", dsn); err != nil {
+			return nil, err
+		}
+		db.w.SetMaxOpenConns(1)
+		db.w.SetMaxIdleConns(1)
+		db.w.SetConnMaxIdleTime(0)
+		if _, err := db.w.ExecContext(ctx, sqliteSchema); err != nil {
+			db.w.Close()
+			return nil, fmt.Errorf("sqlite %s: create schema: %w", path, err)
+		}
+		cq := url.Values{}
+		cq.Add("_pragma", "busy_timeout(10000)")
+		cq.Add("_pragma", "synchronous(FULL)")
+		if db.ckpt, err = sql.Open("sqlite", path+"?"+cq.Encode()); err != nil {
+			db.w.Close()
+			return nil, err
+		}
+		db.ckpt.SetMaxOpenConns(1)
+		db.stopCkpt, db.ckptDone = make(chan struct{}), make(chan struct{})
+		go db.checkpointWAL()
+	}
+	rq := url.Values{}
+	rq.Add("_pragma", "busy_timeout(10000)")
+	rq.Add("_pragma", "query_only(1)")
+	if db.r, err = sql.Open("sqlite", path+"?"+rq.Encode()); err != nil {
+		db.close()
+		return nil, err
+	}
+	db.r.SetMaxOpenConns(4)
+	var n int
+	if err := db.r.QueryRowContext(ctx, "SELECT count(*) FROM audit_meta").Scan(&n); err != nil {
+		db.close()
+		return nil, fmt.Errorf("sqlite %s: not an audit store: %w", path, err)
+	}
+	return db, nil
+}
+
+func (d *sqliteDB) name() string  { return "sqlite" }
+func (d *sqliteDB) ilike() string { return "LIKE" } // ASCII case-insensitive in SQLite
+
+func (d *sqliteDB) checkpointWAL() {
+	defer close(d.ckptDone)
+	t := time.NewTicker(walCheckpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopCkpt:
+			return
+		case <-t.C:
+			// PASSIVE never waits for, nor blocks, the writer; a failure
+			// only means the WAL grows until the next try.
+			_, _ = d.ckpt.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+		}
+	}
+}
+
+func (d *sqliteDB) close() error {
+	var err error
+	if d.ckpt != nil {
+		close(d.stopCkpt)
+		<-d.ckptDone
+		_, _ = d.ckpt.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
+		d.ckpt.Close()
+	}
+	if d.w != nil {
+		err = d.w.Close()
+	}
+	if d.r != nil {
+		if e := d.r.Close(); err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+type sqlRows struct{ *sql.Rows }
+
+func (r sqlRows) Close() { _ = r.Rows.Close() }
+
+type sqlQuerier interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+}
+
+type sqliteQ struct{ sqlQuerier }
+
+func (q sqliteQ) query(ctx context.Context, s string, args ...any) (rows, error) {
+	rs, err := q.QueryContext(ctx, s, args...)
+	if err != nil {
+		return nil, err
+	}
+	return sqlRows{rs}, nil
+}
+
+func (q sqliteQ) exec(ctx context.Context, s string, args ...any) (int64, error) {
+	res, err := q.ExecContext(ctx, s, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (d *sqliteDB) query(ctx context.Context, s string, args ...any) (rows, error) {
+	return sqliteQ{d.r}.query(ctx, s, args...)
+}
+
+func (d *sqliteDB) exec(ctx context.Context, s string, args ...any) (int64, error) {
+	if d.w == nil {
+		return 0, errReadOnly
+	}
+	return sqliteQ{d.w}.exec(ctx, s, args...)
+}
+
+func (d *sqliteDB) tx(ctx context.Context, _ string, fn func(querier) error) error {
+	if d.w == nil {
+		return errReadOnly
+	}
+	tx, err := d.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(sqliteQ{tx}); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func (d *sqliteDB) commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error {
+	return d.tx(ctx, "", func(q querier) error {
+		tx := q.(sqliteQ).sqlQuerier.(*sql.Tx)
+		// Multi-row INSERTs: one statement step per sqliteInsertRows
+		// events instead of one per event.
+		args := make([]any, 0, sqliteInsertRows*eventColumns)
+		for len(evs) > 0 {
+			n := min(len(evs), sqliteInsertRows)
+			args = args[:0]
+			for i := range evs[:n] {
+				args = append(args, evs[i].args()...)
+			}
+			if _, err := tx.ExecContext(ctx, multiInsertSQL(n), args...); err != nil {
+				return err
+			}
+			evs = evs[n:]
+		}
+		for i := range cps {
+			if _, err := tx.ExecContext(ctx, insertCheckpointSQL, cps[i].args()...); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// sqliteInsertRows bounds one multi-row INSERT: 64 rows of 16 columns
+// stay far below SQLite's 32766 bound variables.
+const sqliteInsertRows = 64
+
+var multiInsert = map[int]string{}
+var multiInsertMu sync.Mutex
+
+// multiInsertSQL is INSERT … VALUES (…), … for n events.
+func multiInsertSQL(n int) string {
+	multiInsertMu.Lock()
+	defer multiInsertMu.Unlock()
+	if q, ok := multiInsert[n]; ok {
+		return q
+	}
+	row := "(?" + strings.Repeat(", ?", eventColumns-1) + ")"
+	q := insertEventPrefix + row + strings.Repeat(", "+row, n-1)
+	multiInsert[n] = q
+	return q
+}

@@ -60,6 +60,11 @@ func TestHTTPRouterForwardsToUpstream(t *testing.T) {
 	if id := got.header.Get("X-Request-Id"); len(id) != 36 || id == "agent-chosen" {
 		t.Errorf("x-request-id %q: an edge request gets a new UUID", id)
 	}
+	// The stream log is written after the stream has ended and been
+	// counted: wait for it before reading the stats.
+	if l := hs.log(t); l.ResponseCode != http.StatusCreated || l.ResponseCodeDetails != "via_upstream" || l.Path != "/v1/items?x=1" {
+		t.Errorf("stream log %+v", l)
+	}
 	st := hs.sim.Stats()
 	for name, want := range map[string]int64{
 		"http.api.downstream_rq_total": 1, "http.api.downstream_rq_2xx": 1, "http.api.downstream_rq_completed": 1,
@@ -68,9 +73,6 @@ func TestHTTPRouterForwardsToUpstream(t *testing.T) {
 		if v := st.Get(name); v != want {
 			t.Errorf("%s = %d, want %d", name, v, want)
 		}
-	}
-	if l := hs.log(t); l.ResponseCode != http.StatusCreated || l.ResponseCodeDetails != "via_upstream" || l.Path != "/v1/items?x=1" {
-		t.Errorf("stream log %+v", l)
 	}
 	hs.sim.RequireNoViolations(t)
 }

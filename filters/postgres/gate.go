@@ -1,0 +1,114 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/sluicehq/sluice/policies"
+)
+
+// Gate decides whether a statement reaches the target. The session asks
+// it before forwarding every Query, Parse and FunctionCall, and forwards
+// nothing it has not allowed. The real gate (filters/sql's analysis, then
+// policies.Config.Decide, then the audit record) plugs in here; everything
+// the decision needs about who and where is in the Statement.
+type Gate interface {
+	Decide(ctx context.Context, st Statement) Verdict
+}
+
+// GateFunc adapts a function to Gate.
+type GateFunc func(ctx context.Context, st Statement) Verdict
+
+// Decide calls f.
+func (f GateFunc) Decide(ctx context.Context, st Statement) Verdict { return f(ctx, st) }
+
+// Protocol is how a statement reached sluice.
+type Protocol uint8
+
+// Protocols.
+const (
+	// ProtocolSimple is a Query message: one string, possibly several
+	// statements.
+	ProtocolSimple Protocol = iota + 1
+	// ProtocolExtended is a Parse message: one statement, parameters bound
+	// later.
+	ProtocolExtended
+	// ProtocolFunctionCall is a FunctionCall message: a function by OID,
+	// no SQL.
+	ProtocolFunctionCall
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolSimple:
+		return "simple"
+	case ProtocolExtended:
+		return "extended"
+	case ProtocolFunctionCall:
+		return "function_call"
+	}
+	return fmt.Sprintf("Protocol(%d)", uint8(p))
+}
+
+// Statement is one thing the client asked the target to run, with the
+// session context a decision needs.
+type Statement struct {
+	Protocol Protocol
+	// SQL is the text as sent (empty for a FunctionCall).
+	SQL string
+	// Name is the prepared statement's name (extended protocol).
+	Name string
+	// FunctionOID is the function a FunctionCall names.
+	FunctionOID uint32
+	// Principal is the verified agent; Target the target's name.
+	Principal policies.Principal
+	Target    string
+	// Startup is the client's StartupMessage parameters
+	// (application_name and the like, for the record).
+	Startup map[string]string
+	// TxStatus is the transaction status before the statement ('I', 'T'
+	// or 'E').
+	TxStatus byte
+}
+
+// Verdict is a Gate's answer. The zero Verdict denies: a gate that did not
+// decide has not allowed.
+type Verdict struct {
+	Outcome policies.Outcome
+	// Reason, Detail and Hint become the ErrorResponse the client sees on
+	// a refusal (Detail carries an approval request id, say).
+	Reason, Detail, Hint string
+}
+
+// Allowed reports whether the statement may run.
+func (v Verdict) Allowed() bool { return v.Outcome == policies.Allow }
+
+// Allow is the verdict that lets a statement through.
+func Allow() Verdict { return Verdict{Outcome: policies.Allow} }
+
+// Deny refuses a statement with a reason the agent can act on.
+func Deny(reason, detail, hint string) Verdict {
+	return Verdict{Outcome: policies.Deny, Reason: reason, Detail: detail, Hint: hint}
+}
+
+// DefaultDenyMarker is what MarkerGate denies when given no marker.
+const DefaultDenyMarker = "sluice:deny"
+
+// MarkerGate denies every statement that contains Marker and allows the
+// rest. It stands in for the SQL analyser and the policy decision until
+// they are plugged in, and it lets tests deny on purpose.
+type MarkerGate struct{ Marker string }
+
+// Decide implements Gate.
+func (g MarkerGate) Decide(_ context.Context, st Statement) Verdict {
+	m := g.Marker
+	if m == "" {
+		m = DefaultDenyMarker
+	}
+	if strings.Contains(st.SQL, m) {
+		return Deny(fmt.Sprintf("sluice: statement denied on %s", st.Target),
+			fmt.Sprintf("The statement contains %q.", m), "Remove the marker, or ask for a grant.")
+	}
+	return Allow()
+}

@@ -56,9 +56,9 @@ func (a storeGrants) RequestApproval(ctx context.Context, r ApprovalRequest) (st
 	return g.ID, nil
 }
 
-// approvalDuration is what a grant opened by a refusal asks for: the
+// ApprovalDuration is what a grant opened by a refusal asks for: the
 // default, capped by every limit that applies.
-func approvalDuration(cfg *policies.Config, target string) time.Duration {
+func ApprovalDuration(cfg *policies.Config, target string) time.Duration {
 	d := min(DefaultApprovalDuration, cfg.Grants.MaxDuration)
 	for _, p := range cfg.Policies {
 		if p.MaxGrantDuration > 0 && slices.Contains(p.Targets, target) {

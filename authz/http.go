@@ -106,7 +106,7 @@ func (s *Server) checkHTTP(ctx context.Context, st *state, attrs *authv3.Attribu
 		}, "allow"
 	case policies.ApprovalRequired:
 		id, err := s.opts.Grants.RequestApproval(ctx, ApprovalRequest{Principal: p, Target: t.Name, Class: class,
-			Reason: "refused " + request, Duration: approvalDuration(st.cfg, t.Name), Now: now})
+			Reason: "refused " + request, Duration: ApprovalDuration(st.cfg, t.Name), Now: now})
 		if err != nil {
 			s.log.Error("grant store unavailable; refusing", "err", err)
 			return deny(http.StatusServiceUnavailable, Refusal{Error: "unavailable", Target: t.Name, Reason: "the grant store is unavailable; try again"}, md), "error"

@@ -21,6 +21,8 @@ import (
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
 	"github.com/sluicehq/sluice/authz/grants"
+	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/filters/sql"
 	"github.com/sluicehq/sluice/policies"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/xds"
@@ -81,6 +83,7 @@ type server struct {
 	// stopGrants ends the grant cache's subscription and the webhook.
 	stopGrants context.CancelFunc
 	grantsAPI  *grants.API
+	netproc    *extproc.NetworkServer
 	audit      audit.Store
 	// cfg is the running config, swapped by apply on reload.
 	cfg    atomic.Pointer[policies.Config]
@@ -179,9 +182,18 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 		Store: cached, Authenticate: s.authenticate, Config: s.config, Audit: sink,
 		Logger: log.With("component", "grants-api"),
 	})
-	// The ext_proc services are registered here as they land. Until then
-	// Envoy's Process calls get UNIMPLEMENTED, which the fail-closed network
-	// ext_proc filter answers by closing the connection.
+	// Postgres connections: the network ext_proc session verifies the
+	// agent's token with the authz server's verifier (one token cache) and
+	// gates every statement by policy, auditing it before it runs. HTTP
+	// ext_proc is not served yet: Envoy fails those requests closed (500).
+	s.netproc, err = extproc.NewNetworkServer(extproc.NetworkOptions{
+		Config: cfg, Verifier: s.authz, Audit: sink, Logger: log.With("component", "extproc"),
+		Gate: &extproc.PolicyGate{Analyzer: sql.New(), Config: s.config, Grants: authz.GrantsFrom(cached), Audit: sink, Now: time.Now},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.netproc.Register(s.grpcServers[byAddr[cfg.Server.ExtProc]].srv)
 
 	s.apiLis, err = listen("server.api", cfg.Server.API)
 	if err != nil {
@@ -235,6 +247,9 @@ func (s *server) apply(cfg *policies.Config) error {
 		return err
 	}
 	if err := s.authz.Update(cfg); err != nil {
+		return err
+	}
+	if err := s.netproc.Update(cfg); err != nil {
 		return err
 	}
 	s.cfg.Store(cfg)

@@ -53,9 +53,20 @@ targets:
     upstream: "127.0.0.1:%[7]d"
     database: orders
     credentials: { user: app, password_env: SLUICE_E2E_ORDERS_PASSWORD }
-policies:
+%[8]s`
+
+// defaultPolicies lets agents read; the tests that use them gate
+// statements with postgres.MarkerGate.
+const defaultPolicies = `policies:
   - { name: agents-read, targets: [orders-db], principals: { groups: [agents] }, allow: [read] }
 `
+
+// pgOptions vary the path: the policies block of the config, and the
+// statement gate built from the running config, grant store and sink.
+type pgOptions struct {
+	policies string
+	gate     func(cfg *policies.Config, grants authz.GrantStore, sink audit.Sink) postgres.Gate
+}
 
 // upstreamPassword has characters that need care in SQL, URLs and SCRAM.
 const upstreamPassword = "s3cr3t 'pa$$' ünï"
@@ -63,6 +74,17 @@ const upstreamPassword = "s3cr3t 'pa$$' ünï"
 // startPGPath starts the path; gate, when given, replaces the default
 // statement gate (postgres.MarkerGate).
 func startPGPath(t *testing.T, gate ...postgres.Gate) *pgPath {
+	t.Helper()
+	o := pgOptions{policies: defaultPolicies}
+	if len(gate) > 0 {
+		o.gate = func(*policies.Config, authz.GrantStore, audit.Sink) postgres.Gate { return gate[0] }
+	}
+	p, _ := startPGPathWith(t, o)
+	return p
+}
+
+// startPGPathWith starts the path with options and returns its grant store.
+func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 	t.Helper()
 	pg := testenv.StartPostgres(t)
 	pg.CreateDatabase("orders")
@@ -92,20 +114,21 @@ func startPGPath(t *testing.T, gate ...postgres.Gate) *pgPath {
 	}
 	listenPort := freePort(t)
 	cfg, err := policies.Load("e2e-pg.yaml", []byte(fmt.Sprintf(pgPathConfig, xdsAddr, authzLis.Addr(), extprocLis.Addr(),
-		freePort(t), idp.Issuer, listenPort, pg.Port)))
+		freePort(t), idp.Issuer, listenPort, pg.Port, o.policies)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := &recordingSink{}
-	authzSrv, err := authz.NewServer(cfg, authz.Options{Grants: authz.GrantsFrom(grants.NewEmbeddedStore()), Audit: rec})
+	store := grants.NewEmbeddedStore()
+	authzSrv, err := authz.NewServer(cfg, authz.Options{Grants: authz.GrantsFrom(store), Audit: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Wired as serve wires it: the verifier is the authz server's, so
 	// both share one verified-token cache.
 	opts := extproc.NetworkOptions{Config: cfg, Verifier: authzSrv, Audit: rec, Gate: postgres.MarkerGate{}}
-	if len(gate) > 0 {
-		opts.Gate = gate[0]
+	if o.gate != nil {
+		opts.Gate = o.gate(cfg, authz.GrantsFrom(store), rec)
 	}
 	netSrv, err := extproc.NewNetworkServer(opts)
 	if err != nil {
@@ -143,7 +166,7 @@ func startPGPath(t *testing.T, gate ...postgres.Gate) *pgPath {
 	}
 	addr := sim.ListenerAddr("orders-db")
 	_, port, _ := net.SplitHostPort(addr)
-	return &pgPath{t: t, pg: pg, idp: idp, sim: sim, audit: rec, addr: addr, port: port, upPass: upstreamPassword}
+	return &pgPath{t: t, pg: pg, idp: idp, sim: sim, audit: rec, addr: addr, port: port, upPass: upstreamPassword}, store
 }
 
 // token is an access token for client from the provider.

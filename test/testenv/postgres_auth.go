@@ -79,6 +79,22 @@ func (p *Postgres) SetAuth(t testing.TB, role, password, method string) {
 			t.Fatalf("%s: %v", s, err)
 		}
 	}
+	p.WriteHBA(t, role, method)
+}
+
+// WriteHBA makes role log in over TCP from 127.0.0.1 with method, leaving
+// its password as it is, reloads the server and returns once a new
+// connection is asked for exactly that method. The superuser keeps trust
+// on the socket and on 127.0.0.1.
+func (p *Postgres) WriteHBA(t testing.TB, role, method string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, p.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
 	hba := "local all all trust\n" +
 		"host all " + p.User + " 127.0.0.1/32 trust\n" +
 		"host all " + strconv.Quote(role) + " 127.0.0.1/32 " + method + "\n"

@@ -83,7 +83,7 @@ func NewQueryAPI(o QueryAPIOptions) http.Handler {
 func apiError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "message": msg})
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "reason": msg})
 }
 
 // FilterFromQuery reads a Filter from GET /v1/audit's query parameters.

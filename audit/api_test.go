@@ -63,7 +63,7 @@ func TestQueryAPI(t *testing.T) {
 	if code, body := get("agent", ""); code != 403 || body["error"] != "forbidden" {
 		t.Errorf("agent: %d %v", code, body)
 	}
-	if code, body := get("auditor", "since=yesterday"); code != 400 || !strings.Contains(body["message"].(string), "since") {
+	if code, body := get("auditor", "since=yesterday"); code != 400 || !strings.Contains(body["reason"].(string), "since") {
 		t.Errorf("bad since: %d %v", code, body)
 	}
 	// Which agent touched orders-db between 02:00 and 02:10 UTC, and what

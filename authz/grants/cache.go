@@ -2,6 +2,7 @@ package grants
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -9,9 +10,13 @@ import (
 	"github.com/sluicehq/sluice/policies"
 )
 
-// activeCacheRetry spaces out re-subscription after the event stream is
-// lost (Redis restarted, a slow subscriber cut off).
-const activeCacheRetry = time.Second
+// Re-subscription after the event stream is lost (Redis restarted, a slow
+// subscriber cut off) starts after activeCacheRetry and backs off to
+// activeCacheMaxRetry while it keeps failing.
+const (
+	activeCacheRetry    = time.Second
+	activeCacheMaxRetry = 30 * time.Second
+)
 
 // ActiveCache answers Active from memory, kept exact by the store's own
 // event stream: any transition of a principal's grant on a target drops
@@ -97,9 +102,14 @@ func (c *ActiveCache) approved(ctx context.Context, k cacheKey) ([]Grant, error)
 
 // follow keeps the cache subscribed, dropping entries as events arrive.
 func (c *ActiveCache) follow(ctx context.Context) {
+	retry, down := activeCacheRetry, false
 	for {
 		events, err := c.Store.Subscribe(ctx)
 		if err == nil {
+			if down {
+				c.log.Info("grant event stream restored; grant lookups are cached again")
+			}
+			retry, down = activeCacheRetry, false
 			c.setLive(true)
 			for ev := range events {
 				c.mu.Lock()
@@ -107,18 +117,22 @@ func (c *ActiveCache) follow(ctx context.Context) {
 				delete(c.entries, cacheKey{ev.Grant.Requester.Issuer, ev.Grant.Requester.Subject, ev.Grant.Target})
 				c.mu.Unlock()
 			}
-			err = ctx.Err()
+			err = errors.New("the event stream ended (a slow subscriber is cut off, or the store went away)")
 		}
 		c.setLive(false)
 		if ctx.Err() != nil {
 			return
 		}
-		c.log.Warn("grant event stream lost; grant lookups go to the store until it is back", "err", err)
+		if !down { // once per outage, not once per retry
+			c.log.Warn("grant event stream lost; grant lookups go to the store until it is back", "err", err)
+			down = true
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(activeCacheRetry):
+		case <-time.After(retry):
 		}
+		retry = min(2*retry, activeCacheMaxRetry)
 	}
 }
 

@@ -236,9 +236,9 @@ func fetchAPI(ctx context.Context, base string, q url.Values) (audit.Page, error
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error, Message string }
+		var e struct{ Error, Reason string }
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
-		return audit.Page{}, fmt.Errorf("%s: %s (%s)", resp.Status, e.Message, e.Error)
+		return audit.Page{}, fmt.Errorf("%s: %s (%s)", resp.Status, e.Reason, e.Error)
 	}
 	var page audit.Page
 	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sluicehq/sluice/filters/sql"
 	"github.com/sluicehq/sluice/test/testenv"
 )
 
@@ -186,5 +187,24 @@ func TestServeServesADSAndAPI(t *testing.T) {
 	nf.Body.Close()
 	if nf.StatusCode != 404 {
 		t.Errorf("unknown path: status %d, want 404", nf.StatusCode)
+	}
+}
+
+// TestFingerprint: what a statement grant requested through the API is
+// scoped to is what the gate computes for the statement when it runs.
+func TestFingerprint(t *testing.T) {
+	a := sql.New()
+	f1, err1 := fingerprint(a, "UPDATE items SET name = 'a' WHERE id = 1")
+	f2, err2 := fingerprint(a, "update items set name = 'b' where id = 2")
+	if err1 != nil || err2 != nil || f1 == "" || f1 != f2 {
+		t.Errorf("same shape: %q %v, %q %v", f1, err1, f2, err2)
+	}
+	if f3, _ := fingerprint(a, "DELETE FROM items WHERE id = 1"); f3 == f1 {
+		t.Error("another statement has the same fingerprint")
+	}
+	for _, bad := range []string{"SELECT 1; SELECT 2", "UPDATE items SET", ""} {
+		if _, err := fingerprint(a, bad); err == nil {
+			t.Errorf("fingerprint(%q) succeeded", bad)
+		}
 	}
 }

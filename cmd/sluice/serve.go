@@ -178,9 +178,13 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 		return nil, err
 	}
 	s.authz.Register(s.grpcServers[byAddr[cfg.Server.Authz]].srv)
+	// One analyser (and its cache) serves the statement gate and the
+	// fingerprints of one-statement grant requests, so both agree.
+	analyzer := sql.New()
 	s.grantsAPI = grants.NewAPI(grants.APIOptions{
 		Store: cached, Authenticate: s.authenticate, Config: s.config, Audit: sink,
-		Logger: log.With("component", "grants-api"),
+		Fingerprint: func(stmt string) (string, error) { return fingerprint(analyzer, stmt) },
+		Logger:      log.With("component", "grants-api"),
 	})
 	// Postgres connections: the network ext_proc session verifies the
 	// agent's token with the authz server's verifier (one token cache) and
@@ -188,7 +192,7 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 	// ext_proc is not served yet: Envoy fails those requests closed (500).
 	s.netproc, err = extproc.NewNetworkServer(extproc.NetworkOptions{
 		Config: cfg, Verifier: s.authz, Audit: sink, Logger: log.With("component", "extproc"),
-		Gate: &extproc.PolicyGate{Analyzer: sql.New(), Config: s.config, Grants: authz.GrantsFrom(cached), Audit: sink, Now: time.Now},
+		Gate: &extproc.PolicyGate{Analyzer: analyzer, Config: s.config, Grants: authz.GrantsFrom(cached), Audit: sink, Now: time.Now},
 	})
 	if err != nil {
 		return nil, err
@@ -254,6 +258,19 @@ func (s *server) apply(cfg *policies.Config) error {
 	}
 	s.cfg.Store(cfg)
 	return nil
+}
+
+// fingerprint is what a one-statement grant is scoped to: the statement's
+// pg_query fingerprint, the same the gate computes when it runs.
+func fingerprint(a *sql.Analyzer, stmt string) (string, error) {
+	an := a.Analyze(stmt)
+	switch {
+	case len(an.Statements) != 1:
+		return "", fmt.Errorf("a statement grant covers exactly one statement; this text has %d", len(an.Statements))
+	case an.Statements[0].Err != nil:
+		return "", fmt.Errorf("the statement does not parse: %v", an.Statements[0].Err)
+	}
+	return an.Statements[0].Fingerprint(), nil
 }
 
 // config returns the running config.

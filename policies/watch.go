@@ -53,6 +53,7 @@ func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 func (w *Watcher) Applied() int64 { return w.applied.Load() }
 
 // Rejected counts versions that were refused (invalid, or refused by apply).
+// A version is counted after its reason is logged.
 func (w *Watcher) Rejected() int64 { return w.rejected.Load() }
 
 // Run watches until ctx is done. It watches the file's directory, not the
@@ -101,8 +102,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 func (w *Watcher) reload() {
 	data, err := os.ReadFile(w.path)
 	if err != nil {
-		w.rejected.Add(1)
 		w.log.Error("config reload refused; keeping the running config", "path", w.path, "err", err)
+		w.rejected.Add(1)
 		return
 	}
 	sum := sha256.Sum256(data)
@@ -114,11 +115,11 @@ func (w *Watcher) reload() {
 		err = w.apply(cfg)
 	}
 	if err != nil {
-		w.rejected.Add(1)
 		w.log.Error("config reload refused; keeping the running config", "path", w.path, "err", err)
+		w.rejected.Add(1)
 		return
 	}
 	w.last = sum
-	w.applied.Add(1)
 	w.log.Info("config reloaded", "path", w.path, "sha256", fmt.Sprintf("%x", sum[:8]))
+	w.applied.Add(1)
 }

@@ -130,8 +130,12 @@ func TestPostgresAuditFailureFailsClosed(t *testing.T) {
 	if err == nil || errors.As(err, &pe) {
 		t.Errorf("connection with session start unrecorded: %v, want a closed connection", err)
 	}
-	if n := p.sim.Stats().Get("network_ext_proc.orders-db.connections_closed"); n != 1 {
-		t.Errorf("connections closed by ext_proc: %d, want 1", n)
+	// The client may see the close before the stand-in has counted it.
+	p.quiesce()
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := p.sim.WaitFor(wctx, func() bool { return p.sim.Stats().Get("network_ext_proc.orders-db.connections_closed") == 1 }); err != nil {
+		t.Errorf("connections closed by ext_proc: %d, want 1", p.sim.Stats().Get("network_ext_proc.orders-db.connections_closed"))
 	}
 	// The one chunk of the refused connection (its StartupMessage) is
 	// dropped by CLOSE, which the stand-in counts as unanswered; nothing

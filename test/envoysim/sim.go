@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -168,8 +169,15 @@ func (s *Sim) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-// WaitFor blocks until cond (evaluated after each config change) is true.
+// waitPoll is how often WaitFor re-evaluates a condition between
+// configuration changes: conditions on stats change without a signal.
+const waitPoll = 10 * time.Millisecond
+
+// WaitFor blocks until cond is true, evaluating it after each
+// configuration change and every waitPoll (for conditions on stats).
 func (s *Sim) WaitFor(ctx context.Context, cond func() bool) error {
+	t := time.NewTicker(waitPoll)
+	defer t.Stop()
 	for {
 		ch := s.Changed()
 		if cond() {
@@ -177,8 +185,9 @@ func (s *Sim) WaitFor(ctx context.Context, cond func() bool) error {
 		}
 		select {
 		case <-ch:
+		case <-t.C:
 		case <-ctx.Done():
-			return fmt.Errorf("envoysim: waiting for configuration: %w", ctx.Err())
+			return fmt.Errorf("envoysim: waiting: %w", ctx.Err())
 		}
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/filters/postgres"
 	"github.com/sluicehq/sluice/policies"
-	"github.com/sluicehq/sluice/test/envoysim"
+	"github.com/sluicehq/sluice/test/envoysim/envoysim"
 	"github.com/sluicehq/sluice/test/testenv"
 	"github.com/sluicehq/sluice/xds"
 )

@@ -21,7 +21,7 @@ import (
 	"github.com/sluicehq/sluice/authz"
 	"github.com/sluicehq/sluice/authz/grants"
 	"github.com/sluicehq/sluice/policies"
-	"github.com/sluicehq/sluice/test/envoysim"
+	"github.com/sluicehq/sluice/test/envoysim/envoysim"
 	"github.com/sluicehq/sluice/test/testenv"
 	"github.com/sluicehq/sluice/xds"
 )

@@ -17,7 +17,7 @@ import (
 	"github.com/sluicehq/sluice/xds"
 )
 
-const examplesDir = "../../policies/examples"
+const examplesDir = "../../../policies/examples"
 
 // loadExample loads a sluice config with every listener on 127.0.0.1 and a
 // free port.
@@ -117,7 +117,7 @@ func TestSluiceHTTPExamplesAccepted(t *testing.T) {
 // upstream client certificates, Postgres targets) is accepted too.
 func TestSluiceConfigsAccepted(t *testing.T) {
 	paths, _ := filepath.Glob(filepath.Join(examplesDir, "*.yaml"))
-	more, _ := filepath.Glob("../../xds/testdata/configs/*.yaml")
+	more, _ := filepath.Glob("../../../xds/testdata/configs/*.yaml")
 	for _, p := range append(paths, more...) {
 		t.Run(filepath.Base(p), func(t *testing.T) {
 			serveSluice(t, loadExample(t, p))

@@ -2,7 +2,7 @@
 // server, so a person can try sluice's whole path on one machine without an
 // Envoy binary. It is a test stand-in, not a data plane.
 //
-//	go run ./test/envoysim/cmd/envoysim --xds 127.0.0.1:18000 --node sluice-dev --admin 127.0.0.1:9901
+//	go run ./test/envoysim --xds 127.0.0.1:18000 --node sluice-dev --admin 127.0.0.1:9901
 //
 // GET http://ADMIN/stats prints counters under Envoy's stat names.
 package main
@@ -22,7 +22,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
-	"github.com/sluicehq/sluice/test/envoysim"
+	"github.com/sluicehq/sluice/test/envoysim/envoysim"
 )
 
 func main() {

@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,7 +55,6 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 		}
 		if len(a.Statements) == 1 {
 			statement = a.Statements[0]
-			req.Fingerprint = statement.Fingerprint()
 		}
 	}
 	ev.Classes = req.Classes
@@ -62,6 +62,11 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 	grants, err := g.Grants.Active(ctx, st.Principal, st.Target, now)
 	if err != nil {
 		return g.refuse(ctx, ev, "sluice: the grant store is unavailable; try again", "", "")
+	}
+	// The fingerprint is a second parse inside pg_query; it is needed only
+	// when a one-statement grant could match or an approval is requested.
+	if statement != nil && slices.ContainsFunc(grants, func(gr policies.Grant) bool { return gr.Fingerprint != "" }) {
+		req.Fingerprint = statement.Fingerprint()
 	}
 	d := cfg.Decide(req, grants)
 	ev.Decision, ev.Reason, ev.GrantID = d.Outcome.String(), d.Reason, d.GrantID
@@ -81,7 +86,7 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 		ar := authz.ApprovalRequest{Principal: st.Principal, Target: st.Target, Class: d.Class,
 			Reason: "refused statement", Duration: authz.ApprovalDuration(cfg, st.Target), Now: now}
 		if statement != nil {
-			ar.Fingerprint, ar.Statement = req.Fingerprint, st.SQL
+			ar.Fingerprint, ar.Statement = statement.Fingerprint(), st.SQL
 		}
 		id, err := g.Grants.RequestApproval(ctx, ar)
 		if err != nil {

@@ -38,6 +38,15 @@ type dialect interface {
 	close() error
 }
 
+// deferredSync is a dialect whose commit returns once the transaction is
+// written, before it is durable; sync makes every commit written so far
+// durable. The writer then overlaps one batch's sync with the next
+// batch's inserts and answers appends only after the sync (SQLite). A
+// dialect without it is durable when commit returns (Postgres).
+type deferredSync interface {
+	sync() error
+}
+
 type eventRow struct {
 	writer     string
 	seq        int64

@@ -73,16 +73,25 @@
 // result. While a batch commits, the next one queues, so the commit cost
 // is shared by all concurrent appends:
 //
-//	gate ──Append──▶ queue ──▶ writer: seq, hash ──▶ BEGIN; INSERT…; [checkpoint]; COMMIT ──▶ fsync
-//	gate ◀─────────────────────────────────────── nil or error ◀────────────────────────────┘
+//	gate ──Append──▶ queue ──▶ writer: seq, hash ──▶ BEGIN; INSERT…; [checkpoint]; COMMIT ──▶ sync
+//	gate ◀─────────────────────────────────────── nil or error ◀───────────────────────────┘
 //
-// SQLite runs in WAL mode with synchronous=FULL: COMMIT returns after the
-// WAL is fsync'd (fdatasync on Linux), so a committed batch survives power
-// loss, not only a crash of sluice. WAL checkpoints run on their own
-// connection, off the commit path. Postgres commits with
-// synchronous_commit=on, set on every connection: COMMIT returns after
-// the WAL record is flushed on the server (and on synchronous standbys,
-// if the server has them).
+// SQLite runs in WAL mode with synchronous=NORMAL, and the writer itself
+// fdatasyncs the WAL after each commit, answering the batch's appends only
+// once that returns: an acknowledged batch survives power loss, not only a
+// crash of sluice, as with synchronous=FULL. Doing the sync outside SQLite
+// lets it overlap the next batch's inserts (one batch in flight: batch k+1
+// is written while batch k is flushed, and is flushed after it), which at
+// 64 concurrent appends raised throughput by about a fifth on a 2-vCPU VM.
+// A failed sync is sticky: every later append fails until restart,
+// because after a failed fsync the kernel may have dropped pages that no
+// later fsync reports (and SQLite's recovery would cut off everything
+// after them). A committed but not yet synced batch is visible to queries
+// for that short while; its appends have not been answered, so nothing it
+// records has run. WAL checkpoints run on their own connection, off the
+// commit path. Postgres commits with synchronous_commit=on, set on every
+// connection: COMMIT returns after the WAL record is flushed on the server
+// (and on synchronous standbys, if the server has them).
 //
 // The SIGKILL tests kill a writing process mid-burst and check that every
 // acknowledged append is in the store and the chains verify. They prove

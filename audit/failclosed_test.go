@@ -5,6 +5,8 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,5 +125,53 @@ func TestFixedWriterResumes(t *testing.T) {
 	rep := mustVerify(t, openRO(t, url, key))
 	if c := rep.Chains[0]; len(rep.Chains) != 1 || c.Writer != "replica-1" || c.Last != 6 || !c.Closed {
 		t.Errorf("chains: %s", rep)
+	}
+}
+
+// flakySync is the SQLite store whose flush to disk fails on demand.
+type flakySync struct {
+	*sqliteDB
+	fail atomic.Bool
+}
+
+func (f *flakySync) sync() error {
+	if f.fail.Load() {
+		return syscall.EIO
+	}
+	return f.sqliteDB.sync()
+}
+
+// TestSQLiteSyncFailureIsSticky: once flushing the WAL fails, the append
+// waiting on it and every later one fail, even after the disk "recovers":
+// the kernel may have dropped the pages it could not write, so nothing
+// after them can be promised durable until sluice restarts.
+func TestSQLiteSyncFailureIsSticky(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "audit.db")
+	db, err := openSQLite(ctx, path, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &flakySync{sqliteDB: db}
+	o := buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)})
+	s, err := newStore(ctx, fs, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
+	if err := s.Append(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	fs.fail.Store(true)
+	err = s.Append(ctx, ev)
+	if err == nil || !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), "restart sluice") {
+		t.Fatalf("append with a failing flush: %v, want EIO and the advice to restart", err)
+	}
+	fs.fail.Store(false)
+	for range 3 {
+		if err := s.Append(ctx, ev); err == nil || !errors.Is(err, syscall.EIO) {
+			t.Fatalf("append after a failed flush: %v, want the sticky EIO", err)
+		}
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -25,6 +27,14 @@ type writer struct {
 	done      chan struct{} // closed when run has returned
 	notify    []func()      // called after each commit (exporters); set before run's first commit
 	closeOnce sync.Once
+
+	// syncer is set when the dialect's commit is not yet durable (SQLite):
+	// run hands each written batch to syncLoop, which makes it durable
+	// and answers it, while run writes the next. A failed sync is sticky.
+	syncer   deferredSync
+	syncs    chan []*pending
+	syncDone chan struct{}
+	syncErr  atomic.Pointer[error]
 
 	// owned by run
 	seq     int64
@@ -48,6 +58,11 @@ func startWriter(ctx context.Context, db dialect, id string, o options) (*writer
 	idJSON, _ := json.Marshal(id)
 	w := &writer{db: db, id: id, idJSON: idJSON, signer: o.signer, opts: o, log: o.log.With("audit_writer", id),
 		in: make(chan *pending, o.maxBatch), quit: make(chan struct{}), done: make(chan struct{})}
+	if ds, ok := db.(deferredSync); ok {
+		w.syncer = ds
+		w.syncs = make(chan []*pending, syncQueue)
+		w.syncDone = make(chan struct{})
+	}
 	kind := CheckpointStart
 	seq, head, err := chainHead(ctx, db, id)
 	switch {
@@ -109,6 +124,9 @@ func (w *writer) append(ctx context.Context, e Event) (Record, error) {
 
 func (w *writer) run() {
 	defer close(w.done)
+	if w.syncer != nil {
+		go w.syncLoop()
+	}
 	tick := time.NewTicker(w.opts.checkpointInterval)
 	defer tick.Stop()
 	batch := make([]*pending, 0, w.opts.maxBatch)
@@ -158,6 +176,10 @@ func (w *writer) drain(batch []*pending) {
 		w.commitBatch(batch)
 		batch = batch[:0]
 	}
+	if w.syncer != nil {
+		close(w.syncs)
+		<-w.syncDone
+	}
 	if err := w.commit(nil, CheckpointFinal); err != nil {
 		w.lastErr = fmt.Errorf("audit: final checkpoint of chain %s: %w", w.id, err)
 	}
@@ -181,15 +203,79 @@ func (w *writer) commitBatch(batch []*pending) {
 		kind = CheckpointPeriodic
 	}
 	err := w.commit(live, kind)
+	if err == nil && w.syncer != nil {
+		// Written, not yet durable: syncLoop answers once it is. The
+		// queue is short, so a slow disk holds run back rather than
+		// letting written-but-unsynced batches pile up.
+		w.syncs <- slices.Clone(live)
+		return
+	}
 	for _, p := range live {
 		p.done <- err
 	}
+}
+
+// syncQueue bounds the written batches waiting for their sync.
+const syncQueue = 0
+
+// syncLoop makes written batches durable and answers their appends. One
+// sync covers every batch written before it started, so batches that
+// queued while the last sync ran share the next one.
+func (w *writer) syncLoop() {
+	defer close(w.syncDone)
+	for b := range w.syncs {
+		batches := [][]*pending{b}
+	more:
+		for {
+			select {
+			case b, ok := <-w.syncs:
+				if !ok {
+					break more
+				}
+				batches = append(batches, b)
+			default:
+				break more
+			}
+		}
+		err := w.sync()
+		for _, b := range batches {
+			for _, p := range b {
+				p.done <- err
+			}
+		}
+		if err == nil {
+			for _, f := range w.notify {
+				f()
+			}
+		}
+	}
+}
+
+// sync makes everything written so far durable. Once a sync has failed
+// every later one fails too: the kernel may have dropped the pages it
+// could not write, and a later sync that succeeds says nothing about
+// them (nor about what was written after them, which recovery would cut
+// off). The store refuses appends until sluice is restarted.
+func (w *writer) sync() error {
+	if p := w.syncErr.Load(); p != nil {
+		return *p
+	}
+	if err := w.syncer.sync(); err != nil {
+		err = fmt.Errorf("audit store: flushing to disk failed, events since the last flush may be lost; restart sluice: %w", err)
+		w.syncErr.Store(&err)
+		w.log.Error("audit store sync failed; refusing every append until restart", "err", err)
+		return err
+	}
+	return nil
 }
 
 // commit writes the appends in batch (their records filled in on
 // success) and, when kind is set, a checkpoint of the resulting head, in
 // one transaction.
 func (w *writer) commit(batch []*pending, kind CheckpointKind) error {
+	if p := w.syncErr.Load(); p != nil {
+		return *p
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.opts.commitTimeout)
 	defer cancel()
 	if w.resync {
@@ -229,6 +315,14 @@ func (w *writer) commit(batch []*pending, kind CheckpointKind) error {
 		w.unseal, w.sealed = 0, now
 	} else {
 		w.unseal += len(batch)
+	}
+	if w.syncer != nil {
+		if len(batch) > 0 {
+			return nil // syncLoop makes it durable and notifies
+		}
+		// A checkpoint alone (start, timer, close) is synced here: the
+		// chain's signed start must be on disk before any append.
+		return w.sync()
 	}
 	if len(batch) > 0 {
 		for _, f := range w.notify {

@@ -14,18 +14,22 @@ type Kind string
 
 // Event kinds.
 const (
-	KindSessionStart  Kind = "session.start"
-	KindSessionEnd    Kind = "session.end"
-	KindAuthn         Kind = "authn"
-	KindStatement     Kind = "statement"
-	KindHTTPRequest   Kind = "http.request"
-	KindAuthzDecision Kind = "authz.decision"
-	KindGrantCreated  Kind = "grant.requested"
-	KindGrantApproved Kind = "grant.approved"
-	KindGrantDenied   Kind = "grant.denied"
-	KindGrantRevoked  Kind = "grant.revoked"
-	KindGrantExpired  Kind = "grant.expired"
-	KindConfigReload  Kind = "config.reload"
+	KindSessionStart Kind = "session.start"
+	KindSessionEnd   Kind = "session.end"
+	KindAuthn        Kind = "authn"
+	KindStatement    Kind = "statement"
+	// KindStatementResult records how a statement's rows reached the
+	// client (rows, bytes, masked columns); RequestID links it to the
+	// statement's own event.
+	KindStatementResult Kind = "statement.result"
+	KindHTTPRequest     Kind = "http.request"
+	KindAuthzDecision   Kind = "authz.decision"
+	KindGrantCreated    Kind = "grant.requested"
+	KindGrantApproved   Kind = "grant.approved"
+	KindGrantDenied     Kind = "grant.denied"
+	KindGrantRevoked    Kind = "grant.revoked"
+	KindGrantExpired    Kind = "grant.expired"
+	KindConfigReload    Kind = "config.reload"
 )
 
 // String returns the kind as records show it.

@@ -2,13 +2,17 @@ package extproc
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
+	"github.com/sluicehq/sluice/filters/mask"
 	"github.com/sluicehq/sluice/filters/postgres"
 	"github.com/sluicehq/sluice/filters/sql"
 	"github.com/sluicehq/sluice/policies"
@@ -17,11 +21,9 @@ import (
 // PolicyGate decides each statement with the SQL analyser, the policy
 // decision and the principal's grants, and appends the statement's audit
 // event before the verdict: a statement runs only after its record is
-// durable (design.md section 8).
-//
-// What it cannot do yet, it refuses: when the decision asks for masking
-// or row/byte budgets, which the session does not apply to results yet,
-// the statement is denied rather than answered unmasked.
+// durable (design.md section 8). An allowed statement carries the plan for
+// its rows: the masking rules the decision selected, applied through the
+// statement's column lineage, and its row and byte budgets.
 type PolicyGate struct {
 	Analyzer *sql.Analyzer
 	// Config returns the running config (it changes on reload).
@@ -29,6 +31,9 @@ type PolicyGate struct {
 	Grants authz.GrantStore
 	Audit  audit.Sink
 	Now    func() time.Time
+
+	// rules caches compiled masking rules per config and rule names.
+	rules sync.Map // rulesKey → *compiledRules
 }
 
 var _ postgres.Gate = (*PolicyGate)(nil)
@@ -38,15 +43,18 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 	cfg := g.Config()
 	now := g.Now()
 	req := policies.Request{Principal: st.Principal, Target: st.Target}
-	ev := audit.Event{Time: now, Kind: audit.KindStatement, Principal: st.Principal, Target: st.Target, Request: st.SQL}
+	ev := audit.Event{Time: now, Kind: audit.KindStatement, SessionID: st.SessionID, Principal: st.Principal,
+		Target: st.Target, Request: st.SQL}
 	var statement *sql.Statement
+	var analysis *sql.Analysis
 	if st.Protocol == postgres.ProtocolFunctionCall {
 		// A FunctionCall names a function by OID: nothing to analyse, and
 		// it can be anything the role may call.
 		req.Classes = []policies.OperationClass{policies.ClassAdmin}
 		ev.Request = fmt.Sprintf("FunctionCall oid=%d", st.FunctionOID)
 	} else {
-		a := g.Analyzer.Analyze(st.SQL)
+		a := resolve(g.Analyzer.Analyze(st.SQL), st.Memory)
+		analysis = a
 		req.Classes = a.Classes.List()
 		for _, s := range a.Statements {
 			for _, t := range s.Tables {
@@ -73,15 +81,22 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 
 	switch d.Outcome {
 	case policies.Allow:
-		if len(d.Masks) > 0 || d.MaxRows > 0 || d.MaxBytes > 0 {
-			ev.Decision = policies.Deny.String()
-			ev.Reason = fmt.Sprintf("policy %s requires masking or result budgets, which this sluice build does not yet apply to Postgres results", strings.Join(d.Policies, ", "))
-			return g.refuse(ctx, ev, "sluice: "+ev.Reason, "Refusing rather than returning unmasked or unbounded rows.", "")
+		plan, err := g.plan(cfg, d, analysis, ev)
+		if err != nil {
+			ev.Decision, ev.Reason = policies.Deny.String(), err.Error()
+			return g.refuse(ctx, ev, "sluice: "+err.Error(), "Refusing rather than returning unmasked rows.", "")
+		}
+		if plan != nil {
+			ev.RequestID = plan.requestID
 		}
 		if err := g.Audit.Append(ctx, ev); err != nil {
 			return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
 		}
-		return postgres.Allow()
+		v := postgres.Allow()
+		if plan != nil {
+			v.Results = plan.ResultPlan
+		}
+		return v
 	case policies.ApprovalRequired:
 		ar := authz.ApprovalRequest{Principal: st.Principal, Target: st.Target, Class: d.Class,
 			Reason: "refused statement", Duration: authz.ApprovalDuration(cfg, st.Target), Now: now}
@@ -111,4 +126,206 @@ func (g *PolicyGate) refuse(ctx context.Context, ev audit.Event, reason, detail,
 	}
 	_ = g.Audit.Append(ctx, ev)
 	return postgres.Deny(reason, detail, hint)
+}
+
+// statementPlan is a ResultPlan with what the gate records about it.
+type statementPlan struct {
+	*postgres.ResultPlan
+	requestID string
+}
+
+// plan builds the treatment of an allowed statement's rows, nil when the
+// decision asks for none. Masking needs the statement's lineage: a
+// FunctionCall (no SQL) has none, so every value it returns is masked.
+func (g *PolicyGate) plan(cfg *policies.Config, d policies.Decision, a *sql.Analysis, ev audit.Event) (*statementPlan, error) {
+	if len(d.Masks) == 0 && d.MaxRows <= 0 && d.MaxBytes <= 0 {
+		return nil, nil
+	}
+	rp := &postgres.ResultPlan{MaxRows: d.MaxRows, MaxBytes: d.MaxBytes, Policies: strings.Join(d.Policies, ", ")}
+	sp := &statementPlan{ResultPlan: rp, requestID: newRequestID()}
+	if len(d.Masks) > 0 {
+		cr, err := g.compiled(cfg, d.Masks)
+		if err != nil {
+			return nil, err
+		}
+		rp.Detectors = cr.detectors
+		if len(cr.patterns) > 0 {
+			rp.MaskColumn = maskColumns(a, cr.patterns)
+		}
+	}
+	rp.Done = func(r postgres.ResultSummary) { g.recordResult(ev, sp.requestID, r) }
+	return sp, nil
+}
+
+// maskColumns answers, from lineage, whether a result column may carry a
+// value a pattern names. A Query's result sets come from its statements
+// that return rows, in order; a set sluice cannot place, a column count
+// the lineage does not explain, and a source sluice cannot resolve are
+// all masked. In the columns a SELECT * expands to, the server's column
+// name says which column of the relation each one is.
+func maskColumns(a *sql.Analysis, patterns []string) func(set, i, n int, name string) bool {
+	var sets []sql.Lineage
+	if a != nil {
+		for _, st := range a.Statements {
+			if st.Columns != nil {
+				sets = append(sets, st.Columns)
+			}
+		}
+	}
+	return func(set, i, n int, name string) bool {
+		srcs := []sql.Source{sql.UnknownSource}
+		star := false
+		if set < len(sets) {
+			srcs, star = sets[set].FieldIn(i, n)
+		}
+		for _, src := range srcs {
+			if star && name != "" && !src.Unknown && src.Column == "*" {
+				src.Column = name
+			}
+			for _, p := range patterns {
+				if src.Matches(p) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+}
+
+// compiledRules are the named masking rules of one config, ready to use.
+type compiledRules struct {
+	patterns  []string
+	detectors *mask.Detectors
+}
+
+type rulesKey struct {
+	cfg   *policies.Config
+	names string
+}
+
+// compiled returns the masking rules named, compiled once per config.
+func (g *PolicyGate) compiled(cfg *policies.Config, names []string) (*compiledRules, error) {
+	key := rulesKey{cfg, strings.Join(names, "\x00")}
+	if c, ok := g.rules.Load(key); ok {
+		return c.(*compiledRules), nil
+	}
+	c := &compiledRules{}
+	var detectors []string
+	found := 0
+	for _, m := range cfg.Masking {
+		if !slices.Contains(names, m.Name) {
+			continue
+		}
+		found++
+		c.patterns = append(c.patterns, m.Columns...)
+		detectors = append(detectors, m.Detectors...)
+	}
+	if found == 0 {
+		return nil, fmt.Errorf("masking rules %s are not defined", strings.Join(names, ", "))
+	}
+	d, err := mask.NewDetectors(detectors)
+	if err != nil {
+		return nil, fmt.Errorf("masking rules %s: %w", strings.Join(names, ", "), err)
+	}
+	c.detectors = d
+	g.rules.Store(key, c)
+	return c, nil
+}
+
+// recordResult appends how a result reached the client. It runs after the
+// rows have gone, so it waits for nothing: the statement's own event,
+// durable before it ran, is the record that gates; this one adds rows,
+// bytes and masking, and a store that fails it loses only those counts.
+func (g *PolicyGate) recordResult(ev audit.Event, requestID string, r postgres.ResultSummary) {
+	ev.Kind = audit.KindStatementResult
+	ev.Time = g.Now()
+	ev.RequestID = requestID
+	ev.Rows, ev.Bytes, ev.MaskedColumns = r.Rows, r.Bytes, r.Masked
+	if r.Truncated {
+		ev.Error = "result cut short by max_rows or max_bytes"
+		ev.SQLState = "54000"
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), resultRecordTimeout)
+		defer cancel()
+		_ = g.Audit.Append(ctx, ev)
+	}()
+}
+
+// resultRecordTimeout bounds how long a result's record may wait for the
+// store.
+const resultRecordTimeout = 10 * time.Second
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// sessionSQL is what the gate remembers of one session: the statements it
+// prepared and the cursors it declared in SQL, so that a later EXECUTE or
+// FETCH is decided and masked as what it runs.
+type sessionSQL struct {
+	prepared map[string]*sql.Statement
+	cursors  map[string]*sql.Statement
+}
+
+// resolve returns a with every EXECUTE and FETCH replaced by what it
+// runs, as far as the session's own PREPAREs and DECLAREs tell, and
+// records the ones a defines. A name prepared twice keeps the more
+// dangerous definition: sluice cannot tell which one the server kept
+// when the second failed. The cached analysis is never modified.
+func resolve(a *sql.Analysis, mem *postgres.Memory) *sql.Analysis {
+	if mem == nil {
+		return a
+	}
+	ss, _ := mem.Value.(*sessionSQL)
+	var out *sql.Analysis
+	for i, st := range a.Statements {
+		if ss == nil && st.Prepare == nil && st.Declare == nil {
+			continue
+		}
+		if ss == nil {
+			ss = &sessionSQL{prepared: map[string]*sql.Statement{}, cursors: map[string]*sql.Statement{}}
+			mem.Value = ss
+		}
+		r := st
+		if st.Execute != "" {
+			r = r.WithPrepared(ss.prepared[st.Execute])
+		}
+		if st.Fetch != "" {
+			r = r.WithCursor(ss.cursors[st.Fetch])
+		}
+		switch {
+		case st.Prepare != nil:
+			if old := ss.prepared[st.Prepare.Name]; old == nil || old.Class() <= st.Prepare.Statement.Class() {
+				ss.prepared[st.Prepare.Name] = st.Prepare.Statement
+			}
+		case st.Declare != nil:
+			ss.cursors[st.Declare.Name] = st.Declare.Statement
+		case st.Deallocate == "*":
+			clear(ss.prepared)
+		case st.Deallocate != "":
+			delete(ss.prepared, st.Deallocate)
+		}
+		if st.Close == "*" {
+			clear(ss.cursors)
+		} else if st.Close != "" {
+			delete(ss.cursors, st.Close)
+		}
+		if r == st {
+			continue
+		}
+		if out == nil {
+			out = &sql.Analysis{Query: a.Query, Statements: slices.Clone(a.Statements)}
+		}
+		out.Statements[i] = r
+	}
+	if out == nil {
+		return a
+	}
+	for _, st := range out.Statements {
+		out.Classes = out.Classes.Union(st.Classes)
+	}
+	return out
 }

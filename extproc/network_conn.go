@@ -106,7 +106,8 @@ func (c *connection) start(ctx context.Context, req *netextprocv3.ProcessingRequ
 	}
 	c.started = true
 	c.sess = postgres.New(postgres.Config{
-		Target: t.Name,
+		Target:    t.Name,
+		SessionID: c.id,
 		Upstream: postgres.Upstream{
 			User: t.Credentials.User, Database: t.Database,
 			Password: t.Credentials.Password().Resolve,

@@ -95,8 +95,8 @@
 //	any → ended (sluice's FATAL, or a Close)
 //
 // In ready, the session also keeps the transaction status of the last
-// ReadyForQuery, the messages awaiting a ReadyForQuery, and the denials
-// whose error has not come back yet.
+// ReadyForQuery, the messages awaiting a ReadyForQuery, the denials
+// whose error has not come back yet, and the tracker (see Results).
 //
 // # Denials
 //
@@ -108,6 +108,38 @@
 // denying Query. Only an ErrorResponse carrying that exact marker is
 // rewritten; in an already-failed transaction the server answers 25P02 and
 // that passes unchanged, as it would have for the original statement.
+//
+// # Results: masking and budgets
+//
+// An allowed statement's Verdict may carry a ResultPlan: which columns its
+// rows mask by rule (the gate answers from lineage), the detectors for the
+// rest, and max_rows/max_bytes. To apply it the session must know which
+// client message every server message answers, so the tracker (track.go)
+// mirrors the server's rules: answers come in order; a Query, FunctionCall
+// or Sync ends with ReadyForQuery; after an extended-protocol error the
+// server skips to Sync. It also follows prepared statements and portals:
+// their plan (from the Parse), their description (from a Describe) and the
+// result formats (from the Bind). A server message the tracker cannot
+// place ends the session with 08P01: sluice never passes rows it cannot
+// attribute.
+//
+//	Query ─────────────▶ plan P ──────────────────────── Query ─────────▶│
+//	│◀── RowDescription (set 0) ◀────────────────────────────────────────│
+//	│◀── DataRow, each column: pass │ mask.Value │ detectors ◀── DataRow ─│
+//	│◀── CommandComplete, or 54000 when a budget cut the set short ◀─────│
+//	Parse/Bind/Execute ▶ no description known and P masks ─▶ + Describe(P)
+//	│      (its RowDescription is sluice's own: it never reaches the client)
+//
+// Rows stream: one DataRow is rewritten into a buffer reused for the next,
+// and an unmasked row is the chunk's own bytes. A budget drops the rows
+// past it and answers the set's CommandComplete (or CopyDone, or
+// PortalSuspended) with 54000; the statement has run to completion on the
+// server. A portal's budget spans its Executes. COPY TO STDOUT rows in
+// text format are masked field by field (COPY names no columns, so every
+// field a rule could cover is masked); binary COPY under a masking plan is
+// refused. Errors and notices of a masked statement have detector hits
+// redacted and, under column rules, their DETAIL (where Postgres quotes
+// values, "Key (email)=(…)") withheld.
 //
 // # Debugging
 //

@@ -51,7 +51,53 @@ func FuzzSession(f *testing.F) {
 		f.Add(fuzzInput(loadConversation(f, path)))
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		s, split := New(testConfig()), New(testConfig())
+		fuzzSessions(t, in, New(testConfig()), New(testConfig()))
+	})
+}
+
+// FuzzMaskingSession feeds arbitrary chunks to a logged-in session whose
+// statements carry a masking plan and a row budget, so that the tracker,
+// the row masker and the COPY masker see hostile server answers and
+// client messages.
+func FuzzMaskingSession(f *testing.F) {
+	plan := func(t testing.TB) Gate {
+		p := emailPlan(t, nil)
+		p.MaxRows, p.MaxBytes = 3, 1000
+		return planGate{p}
+	}
+	q := func(m ...pgproto3.Message) []byte {
+		var b []byte
+		for _, x := range m {
+			b, _ = x.Encode(b)
+		}
+		return b
+	}
+	seed := func(client, server []byte) []byte {
+		var in []byte
+		in = append(in, 0, byte(len(client)>>8), byte(len(client)))
+		in = append(in, client...)
+		in = append(in, 1, byte(len(server)>>8), byte(len(server)))
+		return append(in, server...)
+	}
+	f.Add(seed(q(&pgproto3.Query{String: "SELECT id, email, note FROM customers"}), q(&pgproto3.RowDescription{Fields: customerFields},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("1"), []byte("alice@example.com"), []byte("x bob@example.org")}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})))
+	f.Add(seed(q(&pgproto3.Parse{Query: "SELECT 1"}, &pgproto3.Bind{ResultFormatCodes: []int16{1}}, &pgproto3.Execute{}, &pgproto3.Sync{}),
+		q(&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.RowDescription{Fields: customerFields},
+			&pgproto3.DataRow{Values: [][]byte{{0, 0, 0, 1}, []byte("a@b.co"), nil}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+			&pgproto3.ReadyForQuery{TxStatus: 'I'})))
+	f.Add(seed(q(&pgproto3.Query{String: "COPY customers TO STDOUT"}), q(&pgproto3.CopyOutResponse{ColumnFormatCodes: []uint16{0, 0}},
+		&pgproto3.CopyData{Data: []byte("1\ta@b.co\n")}, &pgproto3.CopyDone{}, &pgproto3.CommandComplete{CommandTag: []byte("COPY 1")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fuzzSessions(t, in, loggedIn(t, plan(t)), loggedIn(t, plan(t)))
+	})
+}
+
+// fuzzSessions runs one fuzz input through s whole and through split with
+// every chunk cut in two, checking the session's invariants.
+func fuzzSessions(t *testing.T, in []byte, s, split *Session) {
+	{
 		ctx := context.Background()
 		feed := func(s *Session, server bool, b []byte, eos bool) Reply {
 			if server {
@@ -96,7 +142,7 @@ func FuzzSession(f *testing.F) {
 			}
 			closed = closed || r.Close
 		}
-	})
+	}
 }
 
 // fuzzInput encodes a conversation as FuzzSession's input.

@@ -64,12 +64,23 @@ type Statement struct {
 	// Principal is the verified agent; Target the target's name.
 	Principal policies.Principal
 	Target    string
+	SessionID string
 	// Startup is the client's StartupMessage parameters
 	// (application_name and the like, for the record).
 	Startup map[string]string
 	// TxStatus is the transaction status before the statement ('I', 'T'
 	// or 'E').
 	TxStatus byte
+	// Memory is the session's slot for the gate's own state between
+	// statements (what the session prepared in SQL, its cursors). It
+	// lives and dies with the session; never nil.
+	Memory *Memory
+}
+
+// Memory holds a gate's per-session state. The session that owns it calls
+// the gate from one goroutine, so it needs no lock.
+type Memory struct {
+	Value any
 }
 
 // Verdict is a Gate's answer. The zero Verdict denies: a gate that did not
@@ -79,6 +90,9 @@ type Verdict struct {
 	// Reason, Detail and Hint become the ErrorResponse the client sees on
 	// a refusal (Detail carries an approval request id, say).
 	Reason, Detail, Hint string
+	// Results is what happens to the rows an allowed statement returns;
+	// nil passes them as sent.
+	Results *ResultPlan
 }
 
 // Allowed reports whether the statement may run.

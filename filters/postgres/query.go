@@ -2,7 +2,9 @@ package postgres
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -22,51 +24,88 @@ type denial struct {
 }
 
 // onReadyClient handles a client message once the session is
-// authenticated: statements go through the gate, the rest passes as is.
-func (s *Session) onReadyClient(ctx context.Context, fr frame) {
+// authenticated: statements go through the gate, the rest passes as is,
+// and every message the server answers is tracked so that each result
+// is treated by its own statement's plan.
+func (s *Session) onReadyClient(ctx context.Context, fr frame) (Reply, bool) {
+	var err error
 	switch fr.typ {
 	case 'Q':
-		s.onQuery(ctx, fr)
+		plan := s.onQuery(ctx, fr)
 		s.awaiting++
-		return
+		err = s.track.push(op{kind: opQuery, plan: plan})
 	case 'P':
-		s.onParse(ctx, fr)
-		return
+		name, plan := s.onParse(ctx, fr)
+		s.track.parsed(name, plan)
+		err = s.track.push(op{kind: opParse, name: name})
 	case 'F':
 		s.onFunctionCall(ctx, fr)
 		s.awaiting++
-		return
+		err = s.track.push(op{kind: opFunctionCall})
+	case 'B':
+		err = s.onBind(fr)
+	case 'D':
+		err = s.onDescribe(fr)
+	case 'E':
+		err = s.onExecute(fr)
+	case 'C':
+		var c pgproto3.Close
+		if err = c.Decode(fr.body); err == nil {
+			s.track.closed(c.ObjectType, c.Name)
+			s.toServer.pass(fr.raw)
+			err = s.track.push(op{kind: opClose, name: c.Name})
+		}
 	case 'S':
 		s.awaiting++
+		s.toServer.pass(fr.raw)
+		err = s.track.push(op{kind: opSync})
 	case 'X':
 		s.reason = "client sent Terminate"
+		s.toServer.pass(fr.raw)
+	default:
+		// Flush, CopyData, CopyDone, CopyFail: answered by nothing of their
+		// own. Anything else the server refuses itself.
+		s.toServer.pass(fr.raw)
 	}
-	s.toServer.pass(fr.raw)
+	if err != nil {
+		// The server would end the connection for a malformed message;
+		// sluice ends it first, before anything it cannot follow runs.
+		return s.closeNow(fmt.Sprintf("client: malformed %q message: %v", fr.typ, err))
+	}
+	return Reply{}, false
 }
 
 func (s *Session) statement(p Protocol) Statement {
-	return Statement{Protocol: p, Principal: s.identity.Principal, Target: s.cfg.Target, Startup: s.startup, TxStatus: s.txStatus}
+	return Statement{Protocol: p, Principal: s.identity.Principal, Target: s.cfg.Target, SessionID: s.cfg.SessionID,
+		Startup: s.startup, TxStatus: s.txStatus, Memory: &s.memory}
+}
+
+// malformed is the verdict for a statement message sluice cannot decode:
+// nothing it cannot read reaches the server.
+func malformed(kind string, err error) Verdict {
+	return Deny(fmt.Sprintf("sluice: malformed %s message: %v", kind, err), "", "")
 }
 
 // onQuery gates a simple-protocol Query. A denied Query is replaced by one
 // that makes the server itself raise insufficient_privilege, so the
 // transaction ends up exactly as a server-side permission error leaves it
-// (design.md section 6, "Deny a statement").
-func (s *Session) onQuery(ctx context.Context, fr frame) {
+// (design.md section 6, "Deny a statement"). It returns the plan for the
+// Query's results.
+func (s *Session) onQuery(ctx context.Context, fr frame) *ResultPlan {
 	var q pgproto3.Query
 	if err := q.Decode(fr.body); err != nil {
-		// The server would refuse it too; it sees it as sent.
-		s.toServer.pass(fr.raw)
-		return
+		s.denyWithQuery(malformed("Query", err))
+		return nil
 	}
 	st := s.statement(ProtocolSimple)
 	st.SQL = q.String
 	v := s.cfg.Gate.Decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
-		return
+		return v.Results
 	}
 	s.denyWithQuery(v)
+	return nil
 }
 
 // denyWithQuery sends the server a DO block that raises 42501 with a
@@ -98,22 +137,30 @@ func denySQL(nonce, marker, reason string) string {
 // one the server refuses to parse (a syntax error naming the marker): the
 // error comes where a Parse's error comes, the server then skips to Sync as
 // after any extended-protocol error, and the statement name is never
-// created, so a Bind or Execute of it never runs.
-func (s *Session) onParse(ctx context.Context, fr frame) {
+// created, so a Bind or Execute of it never runs. It returns the
+// statement's name and the plan for its results.
+func (s *Session) onParse(ctx context.Context, fr frame) (string, *ResultPlan) {
 	var p pgproto3.Parse
 	if err := p.Decode(fr.body); err != nil {
-		s.toServer.pass(fr.raw)
-		return
+		// The name is unreadable too: the unnamed statement is as good
+		// as any, since the replacement never creates one.
+		s.denyParse("", malformed("Parse", err))
+		return "", nil
 	}
 	st := s.statement(ProtocolExtended)
 	st.SQL, st.Name = p.Query, p.Name
 	v := s.cfg.Gate.Decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
-		return
+		return p.Name, v.Results
 	}
+	s.denyParse(p.Name, v)
+	return p.Name, nil
+}
+
+func (s *Session) denyParse(name string, v Verdict) {
 	marker := "sluice_denied_" + s.cfg.Nonce()
-	s.sendServer(&pgproto3.Parse{Name: p.Name, Query: marker})
+	s.sendServer(&pgproto3.Parse{Name: name, Query: marker})
 	s.addDenial(denial{marker: marker, code: codeSyntaxError, verdict: v})
 }
 
@@ -123,7 +170,7 @@ func (s *Session) onParse(ctx context.Context, fr frame) {
 func (s *Session) onFunctionCall(ctx context.Context, fr frame) {
 	var f pgproto3.FunctionCall
 	if err := f.Decode(fr.body); err != nil {
-		s.toServer.pass(fr.raw)
+		s.denyWithQuery(malformed("FunctionCall", err))
 		return
 	}
 	st := s.statement(ProtocolFunctionCall)
@@ -136,6 +183,57 @@ func (s *Session) onFunctionCall(ctx context.Context, fr frame) {
 	s.denyWithQuery(v)
 }
 
+// onBind records which statement a portal runs and in which formats its
+// rows come.
+func (s *Session) onBind(fr frame) error {
+	b, err := parseBindHead(fr.body)
+	if err != nil {
+		return err
+	}
+	s.track.bound(b)
+	s.toServer.pass(fr.raw)
+	return s.track.push(op{kind: opBind, name: b.portal})
+}
+
+// onDescribe tracks a Describe, whose RowDescription sluice learns from.
+func (s *Session) onDescribe(fr frame) error {
+	var d pgproto3.Describe
+	if err := d.Decode(fr.body); err != nil {
+		return err
+	}
+	s.toServer.pass(fr.raw)
+	kind := opDescribePortal
+	if d.ObjectType == 'S' {
+		kind = opDescribeStatement
+	} else if po := s.track.portals[d.Name]; po != nil {
+		po.describing = true
+	}
+	return s.track.push(op{kind: kind, name: d.Name})
+}
+
+// onExecute tracks an Execute. When its rows are to be masked or counted
+// and sluice has not seen their description, it asks the server for it
+// first (a Describe of the portal) and keeps the answer to itself.
+func (s *Session) onExecute(fr frame) error {
+	var e pgproto3.Execute
+	if err := e.Decode(fr.body); err != nil {
+		return err
+	}
+	po := s.track.portals[e.Portal]
+	if po != nil && po.plan.active() && po.desc == nil && !po.describing {
+		s.sendServer(&pgproto3.Describe{ObjectType: 'P', Name: e.Portal})
+		if err := s.track.push(op{kind: opDescribePortal, name: e.Portal, injected: true}); err != nil {
+			return err
+		}
+	}
+	s.toServer.pass(fr.raw)
+	var plan *ResultPlan
+	if po != nil {
+		plan = po.plan
+	}
+	return s.track.push(op{kind: opExecute, name: e.Portal, plan: plan})
+}
+
 func (s *Session) addDenial(d denial) {
 	if len(s.denials) >= maxDenials {
 		s.denials = s.denials[1:]
@@ -143,19 +241,166 @@ func (s *Session) addDenial(d denial) {
 	s.denials = append(s.denials, d)
 }
 
-// onReadyServer passes the server's answers on, turning a denial's error
-// into sluice's words and following the transaction status.
+// onReadyServer passes the server's answers on: rows through their
+// statement's plan, a denial's error in sluice's words, and the
+// transaction status followed.
 func (s *Session) onReadyServer(fr frame) {
+	if err := s.onAnswer(fr); err != nil {
+		s.endWith(fatal(codeProtocolViolation, fmt.Sprintf("sluice: %v; ending the session rather than pass what it cannot follow", err), "", ""))
+	}
+}
+
+func (s *Session) onAnswer(fr frame) error {
+	h := s.track.head()
 	switch fr.typ {
+	case 'N':
+		// Notices come at any time; one may quote a value (a RAISE NOTICE
+		// of a masked column), so the statement's plan applies to it.
+		if h != nil && h.plan.masks() {
+			e := decodeError(fr.body)
+			s.sendClient((*pgproto3.NoticeResponse)(scrubError(e, h.plan)))
+			return nil
+		}
+	case 'S', 'A', 'v':
+		// Parameter changes and notifications come at any time.
+	case 'T':
+		switch {
+		case h != nil && h.kind == opQuery:
+			// Each result set of a Query begins with its description (an
+			// Execute's rows never do: their Describe came before).
+			var rd pgproto3.RowDescription
+			if err := rd.Decode(fr.body); err != nil {
+				return fmt.Errorf("malformed RowDescription: %v", err)
+			}
+			h.cur = newResultSet(h.plan, h.sets, rd.Fields)
+			h.sets++
+		case h != nil && (h.kind == opDescribeStatement || h.kind == opDescribePortal):
+			var rd pgproto3.RowDescription
+			if err := rd.Decode(fr.body); err != nil {
+				return fmt.Errorf("malformed RowDescription: %v", err)
+			}
+			fields := slices.Clone(rd.Fields) // Decode's names alias the frame
+			for i := range fields {
+				fields[i].Name = slices.Clone(fields[i].Name)
+			}
+			if h.kind == opDescribeStatement {
+				s.track.statement(h.name).desc = fields
+			} else if po := s.track.portals[h.name]; po != nil {
+				po.desc = fields
+			}
+			injected := h.injected
+			s.track.pop()
+			if injected {
+				return nil
+			}
+		default:
+			return s.unplaced(fr)
+		}
+	case 'n': // NoData
+		if h == nil || (h.kind != opDescribeStatement && h.kind != opDescribePortal) {
+			return s.unplaced(fr)
+		}
+		injected := h.injected
+		s.track.pop()
+		if injected {
+			return nil
+		}
+	case 't': // ParameterDescription, before a statement's RowDescription
+		if h == nil || h.kind != opDescribeStatement {
+			return s.unplaced(fr)
+		}
+	case '1', '2', '3':
+		want := map[byte]opKind{'1': opParse, '2': opBind, '3': opClose}[fr.typ]
+		if h == nil || h.kind != want {
+			return s.unplaced(fr)
+		}
+		s.track.pop()
+	case 'D', 'd':
+		if h == nil || (h.kind != opQuery && h.kind != opExecute) {
+			return s.unplaced(fr)
+		}
+		return s.onRow(h, fr)
+	case 'H': // CopyOutResponse
+		if h == nil || (h.kind != opQuery && h.kind != opExecute) {
+			return s.unplaced(fr)
+		}
+		var m pgproto3.CopyOutResponse
+		if err := m.Decode(fr.body); err != nil {
+			return fmt.Errorf("malformed CopyOutResponse: %v", err)
+		}
+		h.cur = &resultSet{plan: h.plan, set: h.sets}
+		h.cur.describeCopy(&m)
+		h.sets++
+		if h.cur.binary && h.cur.rewrites() {
+			// Binary COPY rows are not rewritten: none of them may pass.
+			h.cur.over, h.cur.overWhy = true, "masking, which binary COPY output does not support"
+		}
+	case 'c': // CopyDone
+		if h != nil && h.cur != nil && h.cur.copyOut && h.cur.over {
+			// The client sees the error where the copy ends; the
+			// server's CommandComplete that follows is dropped.
+			s.sendClient(s.endSet(h))
+			h.cur = &resultSet{dropComplete: true}
+			return nil
+		}
+	case 'C', 'I', 's': // CommandComplete, EmptyQueryResponse, PortalSuspended
+		if h == nil || (h.kind != opQuery && h.kind != opExecute) {
+			return s.unplaced(fr)
+		}
+		if h.cur != nil && h.cur.dropComplete {
+			h.cur = nil
+			if h.kind == opExecute {
+				s.track.pop()
+			}
+			return nil
+		}
+		if e := s.endSet(h); e != nil {
+			s.sendClient(e)
+			if h.kind == opExecute {
+				s.track.pop()
+			}
+			return nil
+		}
+		if h.kind == opExecute {
+			s.track.pop()
+		}
+	case 'V': // FunctionCallResponse
+		if h == nil || h.kind != opFunctionCall {
+			return s.unplaced(fr)
+		}
+	case 'G', 'W': // CopyInResponse, CopyBothResponse: the client sends
 	case 'E':
+		var plan *ResultPlan
+		if h != nil {
+			plan = h.plan
+			s.endSet(h)
+			if h.kind.extended() {
+				// The server skips everything up to the next Sync.
+				for h := s.track.head(); h != nil && h.kind != opSync; h = s.track.head() {
+					s.track.pop()
+				}
+			}
+		}
 		if len(s.denials) > 0 {
 			if e, ok := s.rewriteDenial(fr); ok {
 				s.sendClient(e)
-				return
+				return nil
 			}
 		}
+		if plan.masks() {
+			s.sendClient(scrubError(decodeError(fr.body), plan))
+			return nil
+		}
 	case 'Z':
+		if h == nil || (h.kind != opQuery && h.kind != opFunctionCall && h.kind != opSync) {
+			return s.unplaced(fr)
+		}
+		s.endSet(h)
+		s.track.pop()
 		s.txStatus = readyStatus(fr)
+		if s.txStatus == 'I' {
+			s.track.idle()
+		}
 		if s.awaiting > 0 {
 			s.awaiting--
 		}
@@ -166,6 +411,85 @@ func (s *Session) onReadyServer(fr frame) {
 		}
 	}
 	s.toClient.pass(fr.raw)
+	return nil
+}
+
+// onRow passes, rewrites or drops one DataRow or CopyData.
+func (s *Session) onRow(h *op, fr frame) error {
+	rs := h.cur
+	if rs == nil {
+		if fr.typ == 'd' || h.kind != opExecute {
+			return s.unplaced(fr)
+		}
+		// The first row of an Execute: its portal says how rows look.
+		rs = s.executeSet(h, fr.body)
+		h.cur = rs
+	}
+	out, keep, err := rs.row(fr.typ, fr.raw, fr.body)
+	if err != nil {
+		return err
+	}
+	if !keep {
+		return nil
+	}
+	if len(out) > 0 && &out[0] == &fr.raw[0] {
+		s.toClient.pass(fr.raw)
+	} else {
+		s.toClient.add(out)
+	}
+	return nil
+}
+
+// executeSet starts the result set of an Execute from its portal's
+// description. Without one (the Describe sluice asked for failed, or no
+// plan needed it) the types are unknown: a value the plan would touch is
+// replaced whole.
+func (s *Session) executeSet(h *op, row []byte) *resultSet {
+	var desc []pgproto3.FieldDescription
+	po := s.track.portals[h.name]
+	if po != nil {
+		desc = po.desc
+	}
+	if desc == nil && len(row) >= 2 {
+		desc = make([]pgproto3.FieldDescription, binary.BigEndian.Uint16(row))
+	}
+	rs := newResultSet(h.plan, 0, desc)
+	if po != nil {
+		// A portal read a few rows per Execute (a fetch size) spends one
+		// budget, not one per Execute.
+		rs.rows, rs.bytes = po.rows, po.bytes
+		rs.portal = po
+	}
+	return rs
+}
+
+// endSet ends the op's current result set: it reports the set to the
+// plan and returns the error the client gets in place of its completion
+// when a budget cut it short.
+func (s *Session) endSet(h *op) *pgproto3.ErrorResponse {
+	rs := h.cur
+	h.cur = nil
+	if rs == nil || rs.plan == nil {
+		return nil
+	}
+	if rs.portal != nil {
+		rs.portal.rows, rs.portal.bytes = rs.rows, rs.bytes
+	}
+	if rs.plan.Done != nil {
+		rs.plan.Done(rs.summary())
+	}
+	if rs.over {
+		return rs.budgetError()
+	}
+	return nil
+}
+
+// unplaced reports a server message sluice cannot place.
+func (s *Session) unplaced(fr frame) error {
+	if h := s.track.head(); h != nil {
+		return fmt.Errorf("the target sent message type %q while %s was awaiting its answer", fr.typ, h.kind)
+	}
+	return fmt.Errorf("the target sent message type %q when nothing awaited an answer", fr.typ)
 }
 
 // rewriteDenial matches a server error to the denial that caused it. Only

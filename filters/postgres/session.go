@@ -42,10 +42,12 @@ type Upstream struct {
 // without Gate every statement is denied: a session never fails open.
 type Config struct {
 	// Target names the target in messages to the agent.
-	Target   string
-	Upstream Upstream
-	Auth     Authenticator
-	Gate     Gate
+	Target string
+	// SessionID links the session's statements in the audit trail.
+	SessionID string
+	Upstream  Upstream
+	Auth      Authenticator
+	Gate      Gate
 	// Cancels knows the backend keys of authenticated sessions; nil drops
 	// every CancelRequest.
 	Cancels CancelKeys
@@ -113,6 +115,8 @@ type Session struct {
 	// err high, which merely keeps denials longer.
 	awaiting int
 	denials  []denial
+	track    tracker
+	memory   Memory
 }
 
 // New starts a session for one connection.
@@ -265,7 +269,7 @@ func (s *Session) onClient(ctx context.Context, fr frame) (Reply, bool) {
 		}
 		s.onPasswordMessage(ctx, fr)
 	case phaseReady:
-		s.onReadyClient(ctx, fr)
+		return s.onReadyClient(ctx, fr)
 	case phaseRefusing, phaseCancel:
 		// Nothing the client says counts any more.
 	default:

@@ -108,4 +108,5 @@ const (
 	codeFeatureNotSupported   = "0A000" // feature_not_supported
 	codeSyntaxError           = "42601" // syntax_error: what a denied Parse is turned into
 	codeInFailedTransaction   = "25P02" // in_failed_sql_transaction
+	codeProgramLimitExceeded  = "54000" // program_limit_exceeded: a result over max_rows/max_bytes
 )

@@ -125,6 +125,15 @@ type Lineage []Column
 // its fixed entries, or a different count without stars), the answer is
 // UnknownSource: sluice misread the statement, so nothing may pass.
 func (l Lineage) Field(i, n int) []Source {
+	srcs, _ := l.FieldIn(i, n)
+	return srcs
+}
+
+// FieldIn is Field, also reporting whether column i falls in the run of
+// star entries (SELECT * over a relation): there, a "*" source stands for
+// the one catalog column the result reports by name, since a star expands
+// to a relation's columns under their own names.
+func (l Lineage) FieldIn(i, n int) (srcs []Source, star bool) {
 	first, last := -1, -1
 	for k, c := range l {
 		if c.Star {
@@ -136,30 +145,32 @@ func (l Lineage) Field(i, n int) []Source {
 	}
 	unknown := []Source{UnknownSource}
 	if i < 0 || i >= n {
-		return unknown
+		return unknown, false
 	}
 	if first < 0 {
 		if n != len(l) {
-			return unknown
+			return unknown, false
 		}
-		return l[i].Sources
+		return l[i].Sources, false
 	}
 	fixed := len(l) - (last - first + 1) + countFixed(l[first:last+1])
 	if n < fixed {
-		return unknown
+		return unknown, false
 	}
 	if i < first {
-		return l[i].Sources
+		return l[i].Sources, false
 	}
 	after := len(l) - 1 - last
 	if i >= n-after {
-		return l[len(l)-(n-i)].Sources
+		return l[len(l)-(n-i)].Sources, false
 	}
 	var out []Source
+	only := true // every entry of the run is a star
 	for _, c := range l[first : last+1] {
 		out = addSources(out, c.Sources...)
+		only = only && c.Star
 	}
-	return out
+	return out, only
 }
 
 func countFixed(l Lineage) int {

@@ -43,6 +43,9 @@ var lineageCases = []struct{ sql, want string }{
 	// Stars.
 	{"SELECT * FROM users", "**[users.*]"},
 	{"TABLE users", "**[users.*]"},
+	// An alias column list renames the first columns: they are not in
+	// the star, whose columns keep their catalog names.
+	{"SELECT * FROM users u(a, b)", "a[users.*]; b[users.*]; **[users.*]"},
 	{"SELECT u.*, o.id FROM users u, orders o", "**[users.*]; id[orders.id]"},
 	{"SELECT * FROM users u JOIN orders o ON o.uid = u.id", "**[users.*]; **[orders.*]"},
 	// Expressions derive from every column they read.
@@ -217,6 +220,41 @@ func TestLineageField(t *testing.T) {
 		sort.Strings(got)
 		if strings.Join(got, " ") != tc.want {
 			t.Errorf("%s.Field(%d, %d) = %v, want %s", render(tc.l), tc.i, tc.n, got, tc.want)
+		}
+	}
+}
+
+// TestFieldIn: only the columns a star expands to are reported as such
+// (their result names are catalog names); fixed columns, renamed ones and
+// a mismatched count are not.
+func TestFieldIn(t *testing.T) {
+	star := func(q string, i, n int) (string, bool) {
+		a := Analyze(q)
+		srcs, in := a.Statements[0].Columns.FieldIn(i, n)
+		var out []string
+		for _, s := range srcs {
+			out = append(out, s.String())
+		}
+		return strings.Join(out, " "), in
+	}
+	cases := []struct {
+		q      string
+		i, n   int
+		want   string
+		inStar bool
+	}{
+		{"SELECT * FROM users", 2, 5, "users.*", true},
+		{"SELECT id, * FROM users", 0, 5, "users.id", false},
+		{"SELECT id, * FROM users", 3, 5, "users.*", true},
+		{"SELECT * FROM users u(a, b)", 1, 5, "users.*", false},
+		{"SELECT * FROM users u(a, b)", 2, 5, "users.*", true},
+		{"SELECT *, ssn, * FROM users", 2, 7, "users.* users.ssn", false},
+		{"SELECT id FROM users", 0, 2, "?", false},
+	}
+	for _, c := range cases {
+		got, in := star(c.q, c.i, c.n)
+		if got != c.want || in != c.inStar {
+			t.Errorf("%s column %d of %d: %s star=%v, want %s star=%v", c.q, c.i, c.n, got, in, c.want, c.inStar)
 		}
 	}
 }

@@ -22,7 +22,14 @@ func (r *relation) base() bool { return r.table != "" }
 // expand is what r.* and SELECT * contribute.
 func (r *relation) expand() Lineage {
 	if r.base() {
-		return Lineage{{Name: "*", Star: true, Sources: []Source{r.wildcard()}}}
+		// An alias column list renames the first columns by position
+		// (which ones they are needs the catalog); the rest keep their
+		// own names, so a star stands only for those.
+		out := make(Lineage, 0, len(r.aliasCols)+1)
+		for _, name := range r.aliasCols {
+			out = append(out, Column{Name: name, Sources: []Source{r.wildcard()}})
+		}
+		return append(out, Column{Name: "*", Star: true, Sources: []Source{r.wildcard()}})
 	}
 	return r.cols
 }

@@ -56,6 +56,21 @@ func (a storeGrants) RequestApproval(ctx context.Context, r ApprovalRequest) (st
 	return g.ID, nil
 }
 
+// GrantStates is a GrantStore that can also say where one request stands,
+// so that a statement held for approval ends as soon as it is decided.
+type GrantStates interface {
+	State(ctx context.Context, id string) (grants.State, error)
+}
+
+// State returns the request's state.
+func (a storeGrants) State(ctx context.Context, id string) (grants.State, error) {
+	g, err := a.s.Get(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return g.State, nil
+}
+
 // ApprovalDuration is what a grant opened by a refusal asks for: the
 // default, capped by every limit that applies.
 func ApprovalDuration(cfg *policies.Config, target string) time.Duration {

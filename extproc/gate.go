@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
+	"github.com/sluicehq/sluice/authz/grants"
 	"github.com/sluicehq/sluice/filters/mask"
 	"github.com/sluicehq/sluice/filters/postgres"
 	"github.com/sluicehq/sluice/filters/sql"
@@ -67,36 +68,21 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 	}
 	ev.Classes = req.Classes
 
-	grants, err := g.Grants.Active(ctx, st.Principal, st.Target, now)
+	active, err := g.Grants.Active(ctx, st.Principal, st.Target, now)
 	if err != nil {
 		return g.refuse(ctx, ev, "sluice: the grant store is unavailable; try again", "", "")
 	}
 	// The fingerprint is a second parse inside pg_query; it is needed only
 	// when a one-statement grant could match or an approval is requested.
-	if statement != nil && slices.ContainsFunc(grants, func(gr policies.Grant) bool { return gr.Fingerprint != "" }) {
+	if statement != nil && slices.ContainsFunc(active, func(gr policies.Grant) bool { return gr.Fingerprint != "" }) {
 		req.Fingerprint = statement.Fingerprint()
 	}
-	d := cfg.Decide(req, grants)
+	d := cfg.Decide(req, active)
 	ev.Decision, ev.Reason, ev.GrantID = d.Outcome.String(), d.Reason, d.GrantID
 
 	switch d.Outcome {
 	case policies.Allow:
-		plan, err := g.plan(cfg, d, analysis, ev)
-		if err != nil {
-			ev.Decision, ev.Reason = policies.Deny.String(), err.Error()
-			return g.refuse(ctx, ev, "sluice: "+err.Error(), "Refusing rather than returning unmasked rows.", "")
-		}
-		if plan != nil {
-			ev.RequestID = plan.requestID
-		}
-		if err := g.Audit.Append(ctx, ev); err != nil {
-			return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
-		}
-		v := postgres.Allow()
-		if plan != nil {
-			v.Results = plan.ResultPlan
-		}
-		return v
+		return g.allow(ctx, cfg, d, analysis, ev)
 	case policies.ApprovalRequired:
 		ar := authz.ApprovalRequest{Principal: st.Principal, Target: st.Target, Class: d.Class,
 			Reason: "refused statement", Duration: authz.ApprovalDuration(cfg, st.Target), Now: now}
@@ -108,11 +94,83 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 			return g.refuse(ctx, ev, "sluice: the grant store is unavailable; try again", "", "")
 		}
 		ev.GrantID = id
+		if d.Wait > 0 {
+			return g.hold(ctx, cfg, req, statement, analysis, ev, id, d)
+		}
 		return g.refuse(ctx, ev, "sluice: "+d.Reason,
 			"Approval request "+id+" is open.",
 			fmt.Sprintf("Ask someone in %s to run: sluice grants approve %s", strings.Join(cfg.Approvers.Groups, " or "), id))
 	}
 	return g.refuse(ctx, ev, "sluice: "+d.Reason, "", "")
+}
+
+// allow records an allowed statement, durably, and lets it run with the
+// plan for its rows.
+func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies.Decision, analysis *sql.Analysis, ev audit.Event) postgres.Verdict {
+	ev.Decision, ev.Reason, ev.GrantID = d.Outcome.String(), d.Reason, d.GrantID
+	plan, err := g.plan(cfg, d, analysis, ev)
+	if err != nil {
+		ev.Decision, ev.Reason = policies.Deny.String(), err.Error()
+		return g.refuse(ctx, ev, "sluice: "+err.Error(), "Refusing rather than returning unmasked rows.", "")
+	}
+	if plan != nil {
+		ev.RequestID = plan.requestID
+	}
+	if err := g.Audit.Append(ctx, ev); err != nil {
+		return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
+	}
+	v := postgres.Allow()
+	if plan != nil {
+		v.Results = plan.ResultPlan
+	}
+	return v
+}
+
+// holdPoll is how often a held statement looks for its approval. The
+// grant cache answers Active from memory, so polling costs little.
+const holdPoll = 100 * time.Millisecond
+
+// hold keeps a statement that needs approval (a policy's wait) until its
+// request id is approved (then it is decided again and runs), denied, or
+// the wait ends (then it is refused). The session's stream waits with it;
+// Envoy's message_timeout for the target covers the longest wait
+// (xds/translate.go).
+func (g *PolicyGate) hold(ctx context.Context, cfg *policies.Config, req policies.Request, statement *sql.Statement,
+	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision) postgres.Verdict {
+	timer := time.NewTimer(d.Wait)
+	defer timer.Stop()
+	tick := time.NewTicker(holdPoll)
+	defer tick.Stop()
+	states, _ := g.Grants.(authz.GrantStates)
+	for {
+		select {
+		case <-ctx.Done():
+			return g.refuse(ctx, ev, "sluice: the connection ended while the statement waited for approval", "Approval request "+id+" is open.", "")
+		case <-timer.C:
+			ev.Reason = fmt.Sprintf("%s; not approved within %s", d.Reason, d.Wait)
+			return g.refuse(ctx, ev, "sluice: "+ev.Reason, "Approval request "+id+" is still open.",
+				fmt.Sprintf("Ask someone in %s to run: sluice grants approve %s, then run the statement again", strings.Join(cfg.Approvers.Groups, " or "), id))
+		case <-tick.C:
+		}
+		now := g.Now()
+		active, err := g.Grants.Active(ctx, req.Principal, req.Target, now)
+		if err == nil {
+			if statement != nil && slices.ContainsFunc(active, func(gr policies.Grant) bool { return gr.Fingerprint != "" }) {
+				req.Fingerprint = statement.Fingerprint()
+			}
+			if again := cfg.Decide(req, active); again.Outcome == policies.Allow {
+				ev.Time = now
+				return g.allow(ctx, cfg, again, analysis, ev)
+			}
+		}
+		if states == nil {
+			continue
+		}
+		if st, err := states.State(ctx, id); err == nil && st != grants.StatePending && st != grants.StateApproved {
+			ev.Reason = fmt.Sprintf("%s; approval request %s was %s", d.Reason, id, st)
+			return g.refuse(ctx, ev, "sluice: "+ev.Reason, "", "")
+		}
+	}
 }
 
 // refuse records the refusal (best effort: a refused statement runs

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -80,6 +81,18 @@ func (s *Session) statement(p Protocol) Statement {
 		Startup: s.startup, TxStatus: s.txStatus, Memory: &s.memory}
 }
 
+// decide asks the gate, unless the session's token has expired: then no
+// statement runs, and the agent is told to reconnect with a fresh token
+// (the server's own session outlives the token, so sluice is the one
+// that stops it).
+func (s *Session) decide(ctx context.Context, st Statement) Verdict {
+	if exp := s.identity.Expiry; !exp.IsZero() && !s.cfg.Now().Before(exp) {
+		return Deny(fmt.Sprintf("sluice: your token expired at %s", exp.UTC().Format(time.RFC3339)),
+			"No statement runs on a session whose token has expired.", "Reconnect with a fresh token.")
+	}
+	return s.cfg.Gate.Decide(ctx, st)
+}
+
 // malformed is the verdict for a statement message sluice cannot decode:
 // nothing it cannot read reaches the server.
 func malformed(kind string, err error) Verdict {
@@ -99,7 +112,7 @@ func (s *Session) onQuery(ctx context.Context, fr frame) *ResultPlan {
 	}
 	st := s.statement(ProtocolSimple)
 	st.SQL = q.String
-	v := s.cfg.Gate.Decide(ctx, st)
+	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
 		return v.Results
@@ -149,7 +162,7 @@ func (s *Session) onParse(ctx context.Context, fr frame) (string, *ResultPlan) {
 	}
 	st := s.statement(ProtocolExtended)
 	st.SQL, st.Name = p.Query, p.Name
-	v := s.cfg.Gate.Decide(ctx, st)
+	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
 		return p.Name, v.Results
@@ -175,7 +188,7 @@ func (s *Session) onFunctionCall(ctx context.Context, fr frame) {
 	}
 	st := s.statement(ProtocolFunctionCall)
 	st.FunctionOID = f.Function
-	v := s.cfg.Gate.Decide(ctx, st)
+	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
 		return

@@ -6,10 +6,12 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sluicehq/sluice/filters/mask"
+	"github.com/sluicehq/sluice/policies"
 )
 
 // planGate allows everything with one plan.
@@ -380,5 +382,43 @@ func TestBudgetSpansExecutes(t *testing.T) {
 		&pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
 	if got := types(decodeAll(t, r.Data)); got != "12TDsDsEZ" {
 		t.Fatalf("client got %q, want the third row refused", got)
+	}
+}
+
+// expiringAuth accepts one token that expires at a fixed time.
+type expiringAuth struct{ exp time.Time }
+
+func (a expiringAuth) Authenticate(context.Context, Login) (Identity, error) {
+	return Identity{Principal: policies.Principal{Subject: "agent-1"}, Expiry: a.exp}, nil
+}
+
+// TestTokenExpiryStopsStatements: once the session's token has expired,
+// the next statement is refused with a reason to reconnect, in both
+// protocols, although the server's session would go on.
+func TestTokenExpiryStopsStatements(t *testing.T) {
+	exp := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	now := exp.Add(-time.Minute)
+	cfg := testConfig()
+	cfg.Auth, cfg.Gate, cfg.Now = expiringAuth{exp}, planGate{}, func() time.Time { return now }
+	s := New(cfg)
+	ctx := context.Background()
+	s.FromClient(ctx, enc(t, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "agent-1"}}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.AuthenticationCleartextPassword{}), false)
+	s.FromClient(ctx, enc(t, &pgproto3.PasswordMessage{Password: "any"}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.AuthenticationOk{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	q := enc(t, &pgproto3.Query{String: "SELECT 1"})
+	if r := s.FromClient(ctx, q, false); !bytes.Equal(r.Data, q) {
+		t.Fatalf("before expiry: server got %q", r.Data)
+	}
+	s.FromServer(ctx, enc(t, &pgproto3.EmptyQueryResponse{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	now = exp
+	for _, m := range []pgproto3.Message{&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Parse{Query: "SELECT 1"}} {
+		r := s.FromClient(ctx, enc(t, m), false)
+		if bytes.Contains(r.Data, []byte("SELECT 1")) || !bytes.Contains(r.Data, []byte("sluice")) {
+			t.Fatalf("after expiry: server got %q", r.Data)
+		}
+		if d := s.denials[len(s.denials)-1]; !strings.Contains(d.verdict.Reason, "token expired at 2026-11-27T09:00:00Z") {
+			t.Errorf("denial %+v", d.verdict)
+		}
 	}
 }

@@ -56,6 +56,9 @@ type Config struct {
 	SCRAM *SCRAMClients
 	// Nonce returns a fresh random token for deny markers; tests fix it.
 	Nonce func() string
+	// Now is the clock a token's expiry is checked against (time.Now
+	// when nil).
+	Now func() time.Time
 	// scramNonce fixes the SCRAM client nonce in tests.
 	scramNonce func() string
 }
@@ -123,6 +126,9 @@ type Session struct {
 func New(cfg Config) *Session {
 	if cfg.Nonce == nil {
 		cfg.Nonce = randomNonce
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.Auth == nil {
 		cfg.Auth = refuseAll{}

@@ -1,6 +1,3 @@
-// Package httpapi classifies HTTP requests into operation classes and (as
-// the HTTP path lands) masks JSON responses. It knows nothing of Envoy or
-// gRPC: method, path and headers in, a class out.
 package httpapi
 
 import (

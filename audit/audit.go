@@ -23,13 +23,16 @@ const (
 	// statement's own event.
 	KindStatementResult Kind = "statement.result"
 	KindHTTPRequest     Kind = "http.request"
-	KindAuthzDecision   Kind = "authz.decision"
-	KindGrantCreated    Kind = "grant.requested"
-	KindGrantApproved   Kind = "grant.approved"
-	KindGrantDenied     Kind = "grant.denied"
-	KindGrantRevoked    Kind = "grant.revoked"
-	KindGrantExpired    Kind = "grant.expired"
-	KindConfigReload    Kind = "config.reload"
+	// KindHTTPResponse records how an HTTP response reached the agent
+	// (bytes, digest, masked paths); RequestID links it to its request.
+	KindHTTPResponse  Kind = "http.response"
+	KindAuthzDecision Kind = "authz.decision"
+	KindGrantCreated  Kind = "grant.requested"
+	KindGrantApproved Kind = "grant.approved"
+	KindGrantDenied   Kind = "grant.denied"
+	KindGrantRevoked  Kind = "grant.revoked"
+	KindGrantExpired  Kind = "grant.expired"
+	KindConfigReload  Kind = "config.reload"
 )
 
 // String returns the kind as records show it.
@@ -66,6 +69,12 @@ type Event struct {
 	SQLState      string
 	GrantID       string
 	TraceID       string
+	// HTTPStatus is the upstream's status of an HTTP exchange.
+	HTTPStatus int
+	// Digest is "sha256:<hex>" of the body the event describes (an HTTP
+	// request's, or the response as the agent received it), recorded in
+	// place of the body itself.
+	Digest string
 }
 
 // Sink receives events. Append returns once the event is recorded; a gate
@@ -87,7 +96,8 @@ func (s LogSink) Append(_ context.Context, e Event) error {
 		"on_behalf_of", e.Principal.OnBehalfOf, "actor", e.Actor, "target", e.Target, "source", e.Source,
 		"request", e.Request, "classes", classNames(e.Classes), "tables", e.Tables, "decision", e.Decision, "reason", e.Reason,
 		"masked_columns", e.MaskedColumns, "rows", e.Rows, "bytes", e.Bytes, "duration", e.Duration,
-		"error", e.Error, "sqlstate", e.SQLState, "grant_id", e.GrantID, "trace_id", e.TraceID)
+		"error", e.Error, "sqlstate", e.SQLState, "grant_id", e.GrantID, "trace_id", e.TraceID,
+		"http_status", e.HTTPStatus, "digest", e.Digest)
 	return nil
 }
 

@@ -121,6 +121,10 @@ func logRecord(r Record) otellog.Record {
 	opt("sluice.grant_id", r.GrantID)
 	opt("error.message", r.Error)
 	opt("db.response.status_code", r.SQLState)
+	opt("sluice.digest", r.Digest)
+	if r.HTTPStatus != 0 {
+		attrs = append(attrs, attribute.Int("http.response.status_code", r.HTTPStatus))
+	}
 	list := func(k string, vs []string) {
 		if len(vs) > 0 {
 			attrs = append(attrs, attribute.StringSlice(k, vs))

@@ -70,7 +70,7 @@ func (s *Server) checkHTTP(ctx context.Context, st *state, attrs *authv3.Attribu
 	}
 	p := ver.Principal
 	now := s.opts.Now()
-	class := httpapi.Classify(req.GetMethod(), req.GetPath(), req.GetHeaders(), httpRules(st.cfg, t.Name))
+	class := classify(t, req.GetMethod(), req.GetPath(), req.GetHeaders(), httpRules(st.cfg, t.Name))
 	request := req.GetMethod() + " " + req.GetPath()
 
 	grants, err := s.opts.Grants.Active(ctx, p, t.Name, now)
@@ -161,6 +161,17 @@ func credentialHeaders(t *policies.Target) ([]*corev3.HeaderValueOption, []strin
 		Header:       &corev3.HeaderValue{Key: key, Value: value},
 		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 	}}, remove, nil
+}
+
+// classify returns a request's class: a Kubernetes API target by its
+// verb and resource (exec, attach, port-forward, proxy and RBAC are admin),
+// any other HTTP target by method and path rules.
+func classify(t *policies.Target, method, path string, headers map[string]string, rules []policies.HTTPRule) policies.OperationClass {
+	if t.API == policies.APIKubernetes {
+		class, _ := httpapi.ClassifyKubernetes(method, path, headers, rules)
+		return class
+	}
+	return httpapi.Classify(method, path, headers, rules)
 }
 
 // decisionMetadata carries the decision to later filters (ext_proc reads

@@ -1,6 +1,7 @@
 // Package extproc adapts sluice's filters to Envoy's external processing
-// protocols: so far the network external processor for Postgres targets
-// (envoy.service.network_ext_proc.v3); the HTTP one joins it here.
+// protocols: the network external processor for Postgres targets
+// (envoy.service.network_ext_proc.v3) and the HTTP one for HTTP targets
+// (envoy.service.ext_proc.v3).
 //
 // # Network ext_proc
 //
@@ -37,6 +38,32 @@
 // envoy.reloadable_features.connection_close_through_filter_manager
 // (section 0.1), so that a close caused by the server (after its FATAL)
 // waits for sluice's answer to the chunk holding that FATAL.
+//
+// # HTTP ext_proc
+//
+// One stream per HTTP request (envoy-contract.md section 4). HTTPServer
+// serves it with one exchange:
+//
+//	request_headers + metadata ─▶ the ext_authz decision (target, principal,
+//	                              masks) from filter_metadata; none → 403
+//	                              masking: ask upstream for identity-encoded
+//	                              (Kubernetes: application/json) bodies
+//	request_body (buffered) ───▶ digested for the record
+//	response_headers ──────────▶ record http.request (status, request digest)
+//	                              durably, else 503; unmaskable body (gzip,
+//	                              protobuf, not JSON) → 502; Content-Length
+//	                              removed when the body may change
+//	response_body × n ─────────▶ JSON: held, answered empty, the masked
+//	                              document in the last answer (bounded);
+//	                              watch: masked event by event; else passed
+//	stream end ────────────────▶ http.response: bytes, digest, masked paths
+//
+// A response_headers with no request before it is a local reply of an
+// earlier filter (ext_authz's refusal, which it recorded itself), which
+// Envoy encodes through every filter: it passes untouched. A body that
+// cannot be masked once its headers have gone ends the stream with an
+// ImmediateResponse, which Envoy turns into a reset: the agent sees a
+// broken response, never an unmasked one.
 //
 // # Audit
 //

@@ -145,6 +145,15 @@ const (
 	KindHTTP     TargetKind = "http"
 )
 
+// TargetAPI is what an http target speaks.
+type TargetAPI string
+
+// Target APIs.
+const (
+	APIGeneric    TargetAPI = ""
+	APIKubernetes TargetAPI = "kubernetes"
+)
+
 // Target is one protected upstream that Envoy exposes on its own port.
 type Target struct {
 	Name string     `yaml:"name"`
@@ -168,6 +177,10 @@ type Target struct {
 	UpstreamCAFile string `yaml:"upstream_ca_file"`
 	// UpstreamSNI overrides the SNI sent to an https upstream.
 	UpstreamSNI string `yaml:"upstream_sni"`
+	// API says what an http target speaks, for classification and
+	// masking: "" for any HTTP API (method and path rules), "kubernetes"
+	// for a Kubernetes API server (verbs, resources, Secrets masked).
+	API TargetAPI `yaml:"api"`
 	// RequestTimeout bounds one HTTP request through the route (http only);
 	// 0 disables it, as Kubernetes watches need.
 	RequestTimeout *time.Duration `yaml:"request_timeout"`

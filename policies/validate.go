@@ -280,6 +280,9 @@ func (v *validator) targets(c *Config) {
 			if t.UpstreamCAFile != "" || t.UpstreamSNI != "" {
 				v.errorf(key+".upstream_ca_file", "upstream TLS settings are for http targets")
 			}
+			if t.API != APIGeneric {
+				v.errorf(key+".api", "is for http targets")
+			}
 			if t.Credentials.ClientCertFile != "" {
 				// Envoy would need an upstream starttls cluster to present it;
 				// refusing beats silently connecting without it.
@@ -314,6 +317,9 @@ func (v *validator) targets(c *Config) {
 			}
 			if t.Database != "" {
 				v.errorf(key+".database", "is for postgres targets")
+			}
+			if t.API != APIGeneric && t.API != APIKubernetes {
+				v.errorf(key+".api", "expected kubernetes (or no api key for any HTTP API), got %q", t.API)
 			}
 		case "":
 			v.errorf(key+".kind", "required: postgres or http")

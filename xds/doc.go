@@ -51,7 +51,8 @@
 //     typed_per_filter_config names the target in context_extensions
 //     {"target": "<target>"}.
 //   - ext_proc: request headers SEND, request body BUFFERED, response
-//     headers SEND, response body STREAMED, trailers SKIP; message_timeout
+//     headers SEND, response body STREAMED where a policy on the target
+//     masks results and NONE elsewhere, trailers SKIP; message_timeout
 //     envoy.extproc_message_timeout; forwards namespace
 //     envoy.filters.http.ext_authz.
 //   - the HCM uses the peer address (use_remote_address), normalizes paths,

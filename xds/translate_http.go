@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -55,15 +56,17 @@ func (t *translator) http(tg *policies.Target) {
 	extproc := &httpextprocv3.ExternalProcessor{
 		GrpcService:      grpcService(t.extprocCluster, 0),
 		FailureModeAllow: false,
-		// Request bodies are buffered so sluice sees a whole JSON document
-		// before it reaches the upstream (a body over the connection's
-		// buffer limit is refused with 413); responses stream so a large
-		// list or a watch is masked chunk by chunk.
+		// Only what sluice needs is sent. Request bodies are buffered so
+		// sluice records a whole request (its digest) before it reaches
+		// the upstream (a body over the connection's buffer limit is
+		// refused with 413). Response bodies go to sluice only where a
+		// policy masks them, streamed, so that a large list or a watch is
+		// masked chunk by chunk; elsewhere they flow past sluice.
 		ProcessingMode: &httpextprocv3.ProcessingMode{
 			RequestHeaderMode:   httpextprocv3.ProcessingMode_SEND,
 			ResponseHeaderMode:  httpextprocv3.ProcessingMode_SEND,
 			RequestBodyMode:     httpextprocv3.ProcessingMode_BUFFERED,
-			ResponseBodyMode:    httpextprocv3.ProcessingMode_STREAMED,
+			ResponseBodyMode:    responseBodyMode(t.cfg, name),
 			RequestTrailerMode:  httpextprocv3.ProcessingMode_SKIP,
 			ResponseTrailerMode: httpextprocv3.ProcessingMode_SKIP,
 		},
@@ -206,4 +209,15 @@ func exact(s string) *matcherv3.StringMatcher {
 // httpFilter wraps a typed config as a named HTTP filter.
 func (t *translator) httpFilter(name string, m proto.Message) *hcmv3.HttpFilter {
 	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: t.typed(m)}}
+}
+
+// responseBodyMode is STREAMED when some policy on the target masks
+// results, NONE when none does: then no response byte goes to sluice.
+func responseBodyMode(cfg *policies.Config, target string) httpextprocv3.ProcessingMode_BodySendMode {
+	for _, p := range cfg.Policies {
+		if len(p.Mask) > 0 && slices.Contains(p.Targets, target) {
+			return httpextprocv3.ProcessingMode_STREAMED
+		}
+	}
+	return httpextprocv3.ProcessingMode_NONE
 }

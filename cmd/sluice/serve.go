@@ -84,6 +84,7 @@ type server struct {
 	stopGrants context.CancelFunc
 	grantsAPI  *grants.API
 	netproc    *extproc.NetworkServer
+	httpproc   *extproc.HTTPServer
 	audit      audit.Store
 	// cfg is the running config, swapped by apply on reload.
 	cfg    atomic.Pointer[policies.Config]
@@ -188,8 +189,7 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 	})
 	// Postgres connections: the network ext_proc session verifies the
 	// agent's token with the authz server's verifier (one token cache) and
-	// gates every statement by policy, auditing it before it runs. HTTP
-	// ext_proc is not served yet: Envoy fails those requests closed (500).
+	// gates every statement by policy, auditing it before it runs.
 	s.netproc, err = extproc.NewNetworkServer(extproc.NetworkOptions{
 		Config: cfg, Verifier: s.authz, Audit: sink, Logger: log.With("component", "extproc"),
 		Gate: &extproc.PolicyGate{Analyzer: analyzer, Config: s.config, Grants: authz.GrantsFrom(cached), Audit: sink, Now: time.Now},
@@ -198,6 +198,14 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 		return nil, err
 	}
 	s.netproc.Register(s.grpcServers[byAddr[cfg.Server.ExtProc]].srv)
+	// HTTP targets: each request/response pair is recorded before the
+	// response reaches the agent, and JSON responses are masked as the
+	// ext_authz decision (forwarded as metadata) says.
+	s.httpproc, err = extproc.NewHTTPServer(extproc.HTTPOptions{Config: cfg, Audit: sink, Logger: log.With("component", "extproc-http")})
+	if err != nil {
+		return nil, err
+	}
+	s.httpproc.Register(s.grpcServers[byAddr[cfg.Server.ExtProc]].srv)
 
 	s.apiLis, err = listen("server.api", cfg.Server.API)
 	if err != nil {
@@ -254,6 +262,9 @@ func (s *server) apply(cfg *policies.Config) error {
 		return err
 	}
 	if err := s.netproc.Update(cfg); err != nil {
+		return err
+	}
+	if err := s.httpproc.Update(cfg); err != nil {
 		return err
 	}
 	s.cfg.Store(cfg)

@@ -278,6 +278,8 @@ func (s *Session) onAnswer(fr frame) error {
 		// Parameter changes and notifications come at any time.
 	case 'T':
 		switch {
+		case h != nil && h.kind == opQuery && !h.plan.active():
+			h.sets++ // rows pass as sent: nothing to learn from it
 		case h != nil && h.kind == opQuery:
 			// Each result set of a Query begins with its description (an
 			// Execute's rows never do: their Describe came before).
@@ -323,7 +325,13 @@ func (s *Session) onAnswer(fr frame) error {
 			return s.unplaced(fr)
 		}
 	case '1', '2', '3':
-		want := map[byte]opKind{'1': opParse, '2': opBind, '3': opClose}[fr.typ]
+		want := opParse
+		switch fr.typ {
+		case '2':
+			want = opBind
+		case '3':
+			want = opClose
+		}
 		if h == nil || h.kind != want {
 			return s.unplaced(fr)
 		}
@@ -336,6 +344,10 @@ func (s *Session) onAnswer(fr frame) error {
 	case 'H': // CopyOutResponse
 		if h == nil || (h.kind != opQuery && h.kind != opExecute) {
 			return s.unplaced(fr)
+		}
+		if !h.plan.active() {
+			h.sets++
+			break
 		}
 		var m pgproto3.CopyOutResponse
 		if err := m.Decode(fr.body); err != nil {
@@ -429,6 +441,10 @@ func (s *Session) onAnswer(fr frame) error {
 
 // onRow passes, rewrites or drops one DataRow or CopyData.
 func (s *Session) onRow(h *op, fr frame) error {
+	if !h.plan.active() {
+		s.toClient.pass(fr.raw)
+		return nil
+	}
 	rs := h.cur
 	if rs == nil {
 		if fr.typ == 'd' || h.kind != opExecute {

@@ -91,7 +91,7 @@ func TestPostgresMaskingEveryShape(t *testing.T) {
 		{"SELECT * FROM customers c(a, b, c2)", "vip"},
 		{"SELECT profile->>'login', profile FROM customers", ""},
 		{"SELECT * FROM v_customers", "Alice"}, // a view: detectors catch what lineage cannot see
-		{"SELECT note FROM customers", "vip"},   // no rule: the detector redacts the e-mail inside
+		{"SELECT note FROM customers", "vip"},  // no rule: the detector redacts the e-mail inside
 	}
 	for _, sh := range shapes {
 		// psql: simple protocol, text format.

@@ -171,6 +171,8 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 	s.grants = grants.Notifying(s.grants, webhook)
 	cached := grants.NewActiveCache(grantCtx, s.grants, log.With("component", "grants"))
 	sink := store
+	// Grants lapse without a transition: record each expiry.
+	go (&grants.ExpiryRecorder{Store: s.grants, Audit: sink, Log: log.With("component", "grants-expiry")}).Run(grantCtx)
 	s.authz, err = authz.NewServer(cfg, authz.Options{
 		Logger: log.With("component", "authz"), Meter: tel.Meter("authz"),
 		Grants: authz.GrantsFrom(cached), Audit: sink,

@@ -156,6 +156,15 @@ func TestPostgresMaskingEveryShape(t *testing.T) {
 	if !strings.Contains(out, "Alice\t") {
 		t.Errorf("COPY: name lost: %q", out)
 	}
+	// COPY FROM STDIN writes: a read-only agent is refused before any
+	// data moves, and a COPY to a server file or program is admin.
+	for q, class := range map[string]string{"COPY customers FROM STDIN": "write", "COPY customers TO '/tmp/x'": "admin",
+		"COPY customers TO PROGRAM 'cat'": "admin"} {
+		_, stderr, err = p.psql(p.token("agent-1"), "", "-c", q)
+		if err == nil || !strings.Contains(stderr, "no policy allows "+class) {
+			t.Errorf("%s: err %v, stderr %q: want it refused as %s", q, err, stderr, class)
+		}
+	}
 
 	conn.Close(ctx)
 	p.quiesce()

@@ -25,7 +25,9 @@ type noGrants struct{}
 func (noGrants) Active(context.Context, policies.Principal, string, time.Time) ([]policies.Grant, error) {
 	return nil, nil
 }
-func (noGrants) RequestApproval(context.Context, authz.ApprovalRequest) (string, error) { return "", nil }
+func (noGrants) RequestApproval(context.Context, authz.ApprovalRequest) (string, error) {
+	return "", nil
+}
 
 func benchGate(b *testing.B, policy string) *PolicyGate {
 	b.Helper()

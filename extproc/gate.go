@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -34,7 +35,8 @@ type PolicyGate struct {
 	Now    func() time.Time
 
 	// rules caches compiled masking rules per config and rule names.
-	rules sync.Map // rulesKey → *compiledRules
+	rules    sync.Map // rulesKey → *compiledRules
+	rulesCfg atomic.Pointer[policies.Config]
 }
 
 var _ postgres.Gate = (*PolicyGate)(nil)
@@ -263,6 +265,10 @@ type rulesKey struct {
 
 // compiled returns the masking rules named, compiled once per config.
 func (g *PolicyGate) compiled(cfg *policies.Config, names []string) (*compiledRules, error) {
+	if last := g.rulesCfg.Swap(cfg); last != cfg {
+		// A reload: the rules compiled for earlier configs go.
+		g.rules.Clear()
+	}
 	key := rulesKey{cfg, strings.Join(names, "\x00")}
 	if c, ok := g.rules.Load(key); ok {
 		return c.(*compiledRules), nil

@@ -65,10 +65,11 @@ const (
 type HTTPServer struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
-	opts  HTTPOptions
-	log   *slog.Logger
-	cfg   atomic.Pointer[policies.Config]
-	rules sync.Map // rulesKey → *httpapi.JSONRules
+	opts     HTTPOptions
+	log      *slog.Logger
+	cfg      atomic.Pointer[policies.Config]
+	rules    sync.Map // rulesKey → *httpapi.JSONRules
+	rulesCfg atomic.Pointer[policies.Config]
 }
 
 var _ extprocv3.ExternalProcessorServer = (*HTTPServer)(nil)
@@ -468,6 +469,10 @@ func (x *exchange) finish() {
 
 // compiled returns the JSON masking rules named, compiled once per config.
 func (s *HTTPServer) compiled(cfg *policies.Config, names []string) (*httpapi.JSONRules, error) {
+	if last := s.rulesCfg.Swap(cfg); last != cfg {
+		// A reload: the rules compiled for earlier configs go.
+		s.rules.Clear()
+	}
 	key := rulesKey{cfg, strings.Join(names, "\x00")}
 	if r, ok := s.rules.Load(key); ok {
 		return r.(*httpapi.JSONRules), nil

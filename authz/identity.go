@@ -120,6 +120,11 @@ func NewVerifier(issuers []policies.Issuer, opts ...VerifierOption) *Verifier {
 type Verified struct {
 	Principal policies.Principal
 	Expiry    time.Time
+	// ValidUntil is when the verifier stops accepting the token: Expiry
+	// plus the allowed clock skew. A session the token opened must stop at
+	// the same instant, or a token just past exp would log in and then
+	// have every statement refused.
+	ValidUntil time.Time
 }
 
 // Verify checks raw and returns who it names. Errors are *TokenError.
@@ -161,7 +166,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Verified, error) {
 	if err != nil {
 		return Verified{}, err
 	}
-	out := Verified{Principal: p, Expiry: tok.Expiry}
+	out := Verified{Principal: p, Expiry: tok.Expiry, ValidUntil: tok.Expiry.Add(v.skew)}
 	v.cache.put(raw, out, now)
 	return out, nil
 }

@@ -84,7 +84,7 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 
 	switch d.Outcome {
 	case policies.Allow:
-		return g.allow(ctx, cfg, d, analysis, ev)
+		return g.allow(ctx, cfg, d, analysis, ev, st.Protocol != postgres.ProtocolExtended)
 	case policies.ApprovalRequired:
 		ar := authz.ApprovalRequest{Principal: st.Principal, Target: st.Target, Class: d.Class,
 			Reason: "refused statement", Duration: authz.ApprovalDuration(cfg, st.Target), Now: now}
@@ -97,7 +97,7 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 		}
 		ev.GrantID = id
 		if d.Wait > 0 {
-			return g.hold(ctx, cfg, req, statement, analysis, ev, id, d)
+			return g.hold(ctx, cfg, req, statement, analysis, ev, id, d, st.Protocol != postgres.ProtocolExtended)
 		}
 		return g.refuse(ctx, ev, "sluice: "+d.Reason,
 			"Approval request "+id+" is open.",
@@ -108,7 +108,10 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 
 // allow records an allowed statement, durably, and lets it run with the
 // plan for its rows.
-func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies.Decision, analysis *sql.Analysis, ev audit.Event) postgres.Verdict {
+//
+// A Parse prepares and runs nothing (runs is false): its allow is not
+// recorded; each Execute of it is decided and recorded as it runs.
+func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies.Decision, analysis *sql.Analysis, ev audit.Event, runs bool) postgres.Verdict {
 	ev.Decision, ev.Reason, ev.GrantID = d.Outcome.String(), d.Reason, d.GrantID
 	plan, err := g.plan(cfg, d, analysis, ev)
 	if err != nil {
@@ -118,7 +121,9 @@ func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies
 	if plan != nil {
 		ev.RequestID = plan.requestID
 	}
-	if err := g.Audit.Append(ctx, ev); err != nil {
+	if !runs {
+		plan = nil // the plan that applies is the Execute's
+	} else if err := g.Audit.Append(ctx, ev); err != nil {
 		return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
 	}
 	v := postgres.Allow()
@@ -138,7 +143,7 @@ const holdPoll = 100 * time.Millisecond
 // Envoy's message_timeout for the target covers the longest wait
 // (xds/translate.go).
 func (g *PolicyGate) hold(ctx context.Context, cfg *policies.Config, req policies.Request, statement *sql.Statement,
-	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision) postgres.Verdict {
+	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision, runs bool) postgres.Verdict {
 	timer := time.NewTimer(d.Wait)
 	defer timer.Stop()
 	tick := time.NewTicker(holdPoll)
@@ -162,7 +167,7 @@ func (g *PolicyGate) hold(ctx context.Context, cfg *policies.Config, req policie
 			}
 			if again := cfg.Decide(req, active); again.Outcome == policies.Allow {
 				ev.Time = now
-				return g.allow(ctx, cfg, again, analysis, ev)
+				return g.allow(ctx, cfg, again, analysis, ev, runs)
 			}
 		}
 		if states == nil {

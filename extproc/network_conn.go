@@ -188,7 +188,7 @@ func (a *authenticator) Authenticate(ctx context.Context, l postgres.Login) (pos
 		return postgres.Identity{}, refusal
 	}
 	c.log.Info("postgres login", "subject", v.Principal.Subject, "client", v.Principal.Client)
-	return postgres.Identity{Principal: v.Principal, Expiry: v.Expiry}, nil
+	return postgres.Identity{Principal: v.Principal, Expiry: v.ValidUntil}, nil
 }
 
 // sqlStateCannotConnectNow is 57P03: the refusal is sluice's condition,

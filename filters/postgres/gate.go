@@ -32,11 +32,19 @@ const (
 	// statements.
 	ProtocolSimple Protocol = iota + 1
 	// ProtocolExtended is a Parse message: one statement, parameters bound
-	// later.
+	// later. Preparing runs nothing: the gate decides (a refused Parse
+	// fails where the client expects it) and records refusals; each run is
+	// a ProtocolExecute.
 	ProtocolExtended
 	// ProtocolFunctionCall is a FunctionCall message: a function by OID,
 	// no SQL.
 	ProtocolFunctionCall
+	// ProtocolExecute is an Execute message: one run of a prepared
+	// statement. SQL is the statement's text as its Parse sent it, or
+	// "EXECUTE name" for one prepared in SQL; Name is the statement's. It
+	// is decided again, so a grant revoked or a token expired since the
+	// Parse stops it, and recorded before it runs.
+	ProtocolExecute
 )
 
 func (p Protocol) String() string {
@@ -47,6 +55,8 @@ func (p Protocol) String() string {
 		return "extended"
 	case ProtocolFunctionCall:
 		return "function_call"
+	case ProtocolExecute:
+		return "execute"
 	}
 	return fmt.Sprintf("Protocol(%d)", uint8(p))
 }

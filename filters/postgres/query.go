@@ -36,8 +36,8 @@ func (s *Session) onReadyClient(ctx context.Context, fr frame) (Reply, bool) {
 		s.awaiting++
 		err = s.track.push(op{kind: opQuery, plan: plan})
 	case 'P':
-		name, plan := s.onParse(ctx, fr)
-		s.track.parsed(name, plan)
+		name, sql, plan, denied := s.onParse(ctx, fr)
+		s.track.parsed(name, sql, plan, denied)
 		err = s.track.push(op{kind: opParse, name: name})
 	case 'F':
 		s.onFunctionCall(ctx, fr)
@@ -48,7 +48,7 @@ func (s *Session) onReadyClient(ctx context.Context, fr frame) (Reply, bool) {
 	case 'D':
 		err = s.onDescribe(fr)
 	case 'E':
-		err = s.onExecute(fr)
+		err = s.onExecute(ctx, fr)
 	case 'C':
 		var c pgproto3.Close
 		if err = c.Decode(fr.body); err == nil {
@@ -151,24 +151,25 @@ func denySQL(nonce, marker, reason string) string {
 // error comes where a Parse's error comes, the server then skips to Sync as
 // after any extended-protocol error, and the statement name is never
 // created, so a Bind or Execute of it never runs. It returns the
-// statement's name and the plan for its results.
-func (s *Session) onParse(ctx context.Context, fr frame) (string, *ResultPlan) {
+// statement's name and text, the plan for its results, and whether it
+// was refused.
+func (s *Session) onParse(ctx context.Context, fr frame) (name, sql string, plan *ResultPlan, denied bool) {
 	var p pgproto3.Parse
 	if err := p.Decode(fr.body); err != nil {
 		// The name is unreadable too: the unnamed statement is as good
 		// as any, since the replacement never creates one.
 		s.denyParse("", malformed("Parse", err))
-		return "", nil
+		return "", "", nil, true
 	}
 	st := s.statement(ProtocolExtended)
 	st.SQL, st.Name = p.Query, p.Name
 	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
-		return p.Name, v.Results
+		return p.Name, p.Query, v.Results, false
 	}
 	s.denyParse(p.Name, v)
-	return p.Name, nil
+	return p.Name, p.Query, nil, true
 }
 
 func (s *Session) denyParse(name string, v Verdict) {
@@ -224,26 +225,53 @@ func (s *Session) onDescribe(fr frame) error {
 	return s.track.push(op{kind: kind, name: d.Name})
 }
 
-// onExecute tracks an Execute. When its rows are to be masked or counted
-// and sluice has not seen their description, it asks the server for it
-// first (a Describe of the portal) and keeps the answer to itself.
-func (s *Session) onExecute(fr frame) error {
+// onExecute decides and tracks an Execute: each run of a prepared
+// statement is decided again (a grant revoked or a token expired since the
+// Parse stops it) and recorded before it runs. A refused Execute is
+// replaced by a Parse the server cannot parse, named by a marker, so the
+// server answers with an error where the Execute's answer was due, skips
+// to Sync as after any error, and creates nothing. When the rows of an
+// allowed run are to be masked or counted and sluice has not seen their
+// description, it asks the server for it first (a Describe of the portal)
+// and keeps the answer to itself.
+func (s *Session) onExecute(ctx context.Context, fr frame) error {
 	var e pgproto3.Execute
 	if err := e.Decode(fr.body); err != nil {
 		return err
 	}
 	po := s.track.portals[e.Portal]
-	if po != nil && po.plan.active() && po.desc == nil && !po.describing {
+	var plan *ResultPlan
+	switch {
+	case po == nil:
+		// Every Bind passes through sluice, so this portal was never
+		// bound, or its transaction ended: the server refuses it too.
+		s.toServer.pass(fr.raw)
+		return s.track.push(op{kind: opExecute, name: e.Portal})
+	case s.track.refused(po.stmt):
+		// Its Parse was refused, so the server has no such statement and
+		// the Bind before this Execute failed: nothing runs.
+		s.toServer.pass(fr.raw)
+		return s.track.push(op{kind: opExecute, name: e.Portal})
+	default:
+		st := s.statement(ProtocolExecute)
+		st.Name, st.SQL = po.stmt, s.track.text(po.stmt)
+		v := s.decide(ctx, st)
+		if !v.Allowed() {
+			marker := "sluice_denied_" + s.cfg.Nonce()
+			s.sendServer(&pgproto3.Parse{Name: marker, Query: marker})
+			s.addDenial(denial{marker: marker, code: codeSyntaxError, verdict: v})
+			return s.track.push(op{kind: opParse, name: marker})
+		}
+		plan = v.Results
+		po.plan = plan
+	}
+	if plan.active() && po.desc == nil && !po.describing {
 		s.sendServer(&pgproto3.Describe{ObjectType: 'P', Name: e.Portal})
 		if err := s.track.push(op{kind: opDescribePortal, name: e.Portal, injected: true}); err != nil {
 			return err
 		}
 	}
 	s.toServer.pass(fr.raw)
-	var plan *ResultPlan
-	if po != nil {
-		plan = po.plan
-	}
 	return s.track.push(op{kind: opExecute, name: e.Portal, plan: plan})
 }
 

@@ -422,3 +422,51 @@ func TestTokenExpiryStopsStatements(t *testing.T) {
 		}
 	}
 }
+
+// TestExecuteDecidedEachRun: a prepared statement is decided again at each
+// Execute; a refused run is replaced by a Parse the server cannot parse,
+// whose error the client gets in sluice's words where the Execute's answer
+// was due. Nothing of the Execute reaches the server.
+func TestExecuteDecidedEachRun(t *testing.T) {
+	var runs []Statement
+	gate := GateFunc(func(_ context.Context, st Statement) Verdict {
+		if st.Protocol == ProtocolExecute {
+			runs = append(runs, st)
+			if len(runs) == 2 {
+				return Deny("sluice: grant revoked", "", "")
+			}
+		}
+		return Allow()
+	})
+	s := loggedIn(t, gate)
+	ctx := context.Background()
+	q := "UPDATE items SET name = $1 WHERE id = 3"
+	s.FromClient(ctx, enc(t, &pgproto3.Parse{Name: "s1", Query: q}, &pgproto3.Sync{}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	run := enc(t, &pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("x")}}, &pgproto3.Execute{}, &pgproto3.Sync{})
+	if r := s.FromClient(ctx, run, false); !bytes.Equal(r.Data, run) {
+		t.Fatalf("first run: server got %q", r.Data)
+	}
+	s.FromServer(ctx, enc(t, &pgproto3.BindComplete{}, &pgproto3.CommandComplete{CommandTag: []byte("UPDATE 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	r := s.FromClient(ctx, run, false)
+	want := enc(t, &pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("x")}},
+		&pgproto3.Parse{Name: "sluice_denied_n0nce", Query: "sluice_denied_n0nce"}, &pgproto3.Sync{})
+	if !bytes.Equal(r.Data, want) {
+		t.Fatalf("refused run: server got %q\nwant %q", r.Data, want)
+	}
+	msgs := decodeAll(t, s.FromServer(ctx, enc(t, &pgproto3.BindComplete{},
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601", Message: `syntax error at or near "sluice_denied_n0nce"`},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), false).Data)
+	if types(msgs) != "2EZ" {
+		t.Fatalf("client got %q", types(msgs))
+	}
+	if e := msgs[1].(*pgproto3.ErrorResponse); e.Code != "42501" || e.Message != "sluice: grant revoked" {
+		t.Errorf("error %+v", e)
+	}
+	if len(runs) != 2 || runs[0].SQL != q || runs[0].Name != "s1" {
+		t.Errorf("runs decided: %+v", runs)
+	}
+	if len(s.track.ops) != 0 {
+		t.Errorf("ops left: %+v", s.track.ops)
+	}
+}

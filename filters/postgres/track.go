@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -60,6 +61,11 @@ type op struct {
 type prepared struct {
 	plan *ResultPlan
 	desc []pgproto3.FieldDescription // from a Describe, formats all text
+	// sql is the statement's text, decided again at each Execute.
+	sql string
+	// denied marks a statement whose Parse sluice refused: the server
+	// never created it, so a Bind or Execute of it fails there.
+	denied bool
 }
 
 // portal is what sluice knows of a portal.
@@ -123,9 +129,30 @@ func (t *tracker) statement(name string) *prepared {
 
 // parsed records a Parse: the statement's plan replaces any earlier one
 // of the same name (the server replaces the unnamed statement too).
-func (t *tracker) parsed(name string, plan *ResultPlan) {
+func (t *tracker) parsed(name, sql string, plan *ResultPlan, denied bool) {
 	p := t.statement(name)
-	p.plan, p.desc = plan, nil
+	p.plan, p.desc, p.sql, p.denied = plan, nil, sql, denied
+}
+
+// refused reports whether the statement's Parse was refused.
+func (t *tracker) refused(name string) bool {
+	p := t.stmts[name]
+	return p != nil && p.denied
+}
+
+// text is what a run of statement name executes: its Parse's text, or,
+// for a statement the client prepared in SQL (PREPARE) and binds by name,
+// EXECUTE of it, which the gate resolves from the session's PREPAREs.
+func (t *tracker) text(name string) string {
+	if p := t.stmts[name]; p != nil {
+		return p.sql
+	}
+	return "EXECUTE " + quoteIdent(name)
+}
+
+// quoteIdent quotes an SQL identifier.
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }
 
 // bound records a Bind of statement stmt to portal name.

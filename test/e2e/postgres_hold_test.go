@@ -62,8 +62,11 @@ func TestPostgresHoldForApproval(t *testing.T) {
 		_, err := store.Approve(ctx, id, dba, "ok", time.Now())
 		return err
 	})
+	// A parameter makes pgx prepare the statement once and later run it
+	// by Bind and Execute alone.
+	const update = "UPDATE items SET name = $1 WHERE id = 3"
 	start := time.Now()
-	if _, err := conn.Exec(ctx, "UPDATE items SET name = 'held' WHERE id = 3"); err != nil {
+	if _, err := conn.Exec(ctx, update, "held"); err != nil {
 		t.Fatalf("held write, approved meanwhile: %v", err)
 	}
 	if err := <-approved; err != nil {
@@ -78,7 +81,8 @@ func TestPostgresHoldForApproval(t *testing.T) {
 	}
 
 	// The grant covers this statement's shape; revoke it, and the next
-	// statement of this same session is held again, then denied.
+	// run of the same prepared statement in this same session (Bind and
+	// Execute only) is held again, then denied.
 	g, err := store.List(ctx, grants.Filter{Target: "orders-db", State: grants.StateApproved, Limit: 10})
 	if err != nil || len(g) != 1 {
 		t.Fatalf("approved grants: %v %v", g, err)
@@ -90,13 +94,16 @@ func TestPostgresHoldForApproval(t *testing.T) {
 		_, err := store.Deny(ctx, id, dba, "no", time.Now())
 		return err
 	})
-	_, err = conn.Exec(ctx, "UPDATE items SET name = 'again' WHERE id = 3")
+	_, err = conn.Exec(ctx, update, "again")
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || pgErr.Code != "42501" || !strings.Contains(pgErr.Message, "was denied") {
 		t.Fatalf("write after revocation, request denied: %v", err)
 	}
 	if err := <-denied; err != nil {
 		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT name FROM items WHERE id = 3").Scan(&name); err != nil || name != "held" {
+		t.Fatalf("after the refused run: %q %v", name, err)
 	}
 	conn.Close(ctx)
 	p.quiesce()

@@ -433,7 +433,7 @@ func startHTTPBenchSluice(t *testing.T, up *httpBenchUpstream, idp *testenv.OIDC
 		t.Fatal(err)
 	}
 	httpBenchLabel("envoysim", func() {
-		s.sim = envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http-bench"}), envoysim.WithLogf(t.Logf))
+		s.sim = envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http-bench"}), envoysim.WithLogf(simLog(t)))
 		err = s.sim.ConnectADS(xdsAddr)
 	})
 	t.Cleanup(func() { s.sim.Close() })
@@ -522,7 +522,7 @@ func startHTTPBenchBare(t *testing.T, cfg *policies.Config) (*envoysim.Sim, stri
 	}
 	var sim *envoysim.Sim
 	httpBenchLabel("envoysim", func() {
-		sim = envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http-bare"}), envoysim.WithLogf(t.Logf))
+		sim = envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http-bare"}), envoysim.WithLogf(simLog(t)))
 		if err = sim.ApplyRoutes([]*routev3.RouteConfiguration{route}); err == nil {
 			err = sim.Apply([]*listenerv3.Listener{lis}, []*clusterv3.Cluster{cluster}, res.Secrets)
 		}

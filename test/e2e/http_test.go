@@ -194,7 +194,7 @@ func startHTTPPath(t *testing.T) *httpPath {
 	if err := xdsSrv.Update(cfg); err != nil {
 		t.Fatal(err)
 	}
-	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http"}), envoysim.WithLogf(t.Logf))
+	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http"}), envoysim.WithLogf(simLog(t)))
 	t.Cleanup(func() { sim.Close() })
 	if err := sim.ConnectADS(xdsAddr); err != nil {
 		t.Fatal(err)

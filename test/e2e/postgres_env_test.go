@@ -153,7 +153,7 @@ func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 	// downstream. With the flag off Envoy would not wait for sluice's
 	// answer to the chunk holding that FATAL, and the agent would see the
 	// connection drop without the reason (envoy-contract.md section 0.1).
-	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-pg"}), envoysim.WithLogf(t.Logf),
+	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-pg"}), envoysim.WithLogf(simLog(t)),
 		envoysim.WithCloseThroughFilterManager(true))
 	t.Cleanup(func() { sim.Close() })
 	if err := sim.ConnectADS(xdsAddr); err != nil {

@@ -110,7 +110,7 @@ func TestEnvoysimAcceptsSluiceXDS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e"}), envoysim.WithLogf(t.Logf), envoysim.WithCloseThroughFilterManager(true))
+	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e"}), envoysim.WithLogf(simLog(t)), envoysim.WithCloseThroughFilterManager(true))
 	t.Cleanup(func() { sim.Close() })
 	if err := sim.ConnectADS(xdsAddr); err != nil {
 		t.Fatal(err)
@@ -230,4 +230,14 @@ func startupMessage(user, db string) []byte {
 	body = append(body, 0)
 	n := len(body) + 4
 	return append([]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, body...)
+}
+
+// simLog is envoysim's log: every chunk and event, which is a lot (a
+// pgbench run logs tens of thousands of lines), so only when
+// SLUICE_E2E_SIM_LOG is set.
+func simLog(t *testing.T) func(string, ...any) {
+	if os.Getenv("SLUICE_E2E_SIM_LOG") == "" {
+		return func(string, ...any) {}
+	}
+	return t.Logf
 }

@@ -75,6 +75,9 @@ type Event struct {
 	// request's, or the response as the agent received it), recorded in
 	// place of the body itself.
 	Digest string
+	// Fingerprint identifies a SQL statement's shape regardless of its
+	// literals (pg_query's fingerprint), as one-statement grants do.
+	Fingerprint string
 }
 
 // Sink receives events. Append returns once the event is recorded; a gate
@@ -97,7 +100,7 @@ func (s LogSink) Append(_ context.Context, e Event) error {
 		"request", e.Request, "classes", classNames(e.Classes), "tables", e.Tables, "decision", e.Decision, "reason", e.Reason,
 		"masked_columns", e.MaskedColumns, "rows", e.Rows, "bytes", e.Bytes, "duration", e.Duration,
 		"error", e.Error, "sqlstate", e.SQLState, "grant_id", e.GrantID, "trace_id", e.TraceID,
-		"http_status", e.HTTPStatus, "digest", e.Digest)
+		"http_status", e.HTTPStatus, "digest", e.Digest, "fingerprint", e.Fingerprint)
 	return nil
 }
 

@@ -122,6 +122,7 @@ func logRecord(r Record) otellog.Record {
 	opt("error.message", r.Error)
 	opt("db.response.status_code", r.SQLState)
 	opt("sluice.digest", r.Digest)
+	opt("sluice.fingerprint", r.Fingerprint)
 	if r.HTTPStatus != 0 {
 		attrs = append(attrs, attribute.Int("http.response.status_code", r.HTTPStatus))
 	}

@@ -96,8 +96,9 @@ type eventJSON struct {
 	TraceID       string        `json:"trace_id,omitempty"`
 	// Added after the first release of schema 1, at the end and omitted
 	// when zero, so that earlier records encode exactly as before.
-	HTTPStatus int    `json:"http_status,omitempty"`
-	Digest     string `json:"digest,omitempty"`
+	HTTPStatus  int    `json:"http_status,omitempty"`
+	Digest      string `json:"digest,omitempty"`
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 func toJSON(e Event) eventJSON {
@@ -109,7 +110,7 @@ func toJSON(e Event) eventJSON {
 		Classes: classNames(e.Classes), Tables: e.Tables, Decision: e.Decision, Reason: e.Reason,
 		MaskedColumns: e.MaskedColumns, Rows: e.Rows, Bytes: e.Bytes, DurationNS: int64(e.Duration),
 		Error: e.Error, SQLState: e.SQLState, GrantID: e.GrantID, TraceID: e.TraceID,
-		HTTPStatus: e.HTTPStatus, Digest: e.Digest,
+		HTTPStatus: e.HTTPStatus, Digest: e.Digest, Fingerprint: e.Fingerprint,
 	}
 }
 
@@ -121,7 +122,7 @@ func (j eventJSON) event() (Event, error) {
 		Actor: j.Actor, Target: j.Target, Source: j.Source, Request: j.Request, Tables: j.Tables,
 		Decision: j.Decision, Reason: j.Reason, MaskedColumns: j.MaskedColumns, Rows: j.Rows, Bytes: j.Bytes,
 		Duration: time.Duration(j.DurationNS), Error: j.Error, SQLState: j.SQLState, GrantID: j.GrantID, TraceID: j.TraceID,
-		HTTPStatus: j.HTTPStatus, Digest: j.Digest,
+		HTTPStatus: j.HTTPStatus, Digest: j.Digest, Fingerprint: j.Fingerprint,
 	}
 	for _, c := range j.Classes {
 		oc, err := policies.ParseClass(c)

@@ -113,23 +113,29 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 // recorded; each Execute of it is decided and recorded as it runs.
 func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies.Decision, analysis *sql.Analysis, ev audit.Event, runs bool) postgres.Verdict {
 	ev.Decision, ev.Reason, ev.GrantID = d.Outcome.String(), d.Reason, d.GrantID
-	plan, err := g.plan(cfg, d, analysis, ev)
+	plan, err := g.plan(cfg, d)
 	if err != nil {
 		ev.Decision, ev.Reason = policies.Deny.String(), err.Error()
 		return g.refuse(ctx, ev, "sluice: "+err.Error(), "Refusing rather than returning unmasked rows.", "")
 	}
 	if plan != nil {
-		ev.RequestID = plan.requestID
-	}
-	if !runs {
-		plan = nil // the plan that applies is the Execute's
-	} else if err := g.Audit.Append(ctx, ev); err != nil {
-		return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
+		plan.MaskColumn = nil
+		if pats := plan.patterns; len(pats) > 0 {
+			plan.MaskColumn = maskColumns(analysis, pats)
+		}
 	}
 	v := postgres.Allow()
+	if !runs {
+		return v // the plan that applies is the Execute's
+	}
+	ev.RequestID = newRequestID()
+	if err := g.Audit.Append(ctx, ev); err != nil {
+		return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
+	}
 	if plan != nil {
 		v.Results = plan.ResultPlan
 	}
+	v.Finished = func(o postgres.Outcome) { g.recordOutcome(ev, analysis, o) }
 	return v
 }
 
@@ -193,32 +199,30 @@ func (g *PolicyGate) refuse(ctx context.Context, ev audit.Event, reason, detail,
 	return postgres.Deny(reason, detail, hint)
 }
 
-// statementPlan is a ResultPlan with what the gate records about it.
+// statementPlan is a ResultPlan with the column patterns its MaskColumn
+// is built from.
 type statementPlan struct {
 	*postgres.ResultPlan
-	requestID string
+	patterns []string
 }
 
 // plan builds the treatment of an allowed statement's rows, nil when the
-// decision asks for none. Masking needs the statement's lineage: a
-// FunctionCall (no SQL) has none, so every value it returns is masked.
-func (g *PolicyGate) plan(cfg *policies.Config, d policies.Decision, a *sql.Analysis, ev audit.Event) (*statementPlan, error) {
+// decision asks for none. Column rules apply through the statement's
+// lineage (maskColumns): a FunctionCall (no SQL) has none, so every value
+// it returns is masked.
+func (g *PolicyGate) plan(cfg *policies.Config, d policies.Decision) (*statementPlan, error) {
 	if len(d.Masks) == 0 && d.MaxRows <= 0 && d.MaxBytes <= 0 {
 		return nil, nil
 	}
-	rp := &postgres.ResultPlan{MaxRows: d.MaxRows, MaxBytes: d.MaxBytes, Policies: strings.Join(d.Policies, ", ")}
-	sp := &statementPlan{ResultPlan: rp, requestID: newRequestID()}
+	sp := &statementPlan{ResultPlan: &postgres.ResultPlan{MaxRows: d.MaxRows, MaxBytes: d.MaxBytes, Policies: strings.Join(d.Policies, ", ")}}
 	if len(d.Masks) > 0 {
 		cr, err := g.compiled(cfg, d.Masks)
 		if err != nil {
 			return nil, err
 		}
-		rp.Detectors = cr.detectors
-		if len(cr.patterns) > 0 {
-			rp.MaskColumn = maskColumns(a, cr.patterns)
-		}
+		sp.Detectors = cr.detectors
+		sp.patterns = cr.patterns
 	}
-	rp.Done = func(r postgres.ResultSummary) { g.recordResult(ev, sp.requestID, r) }
 	return sp, nil
 }
 
@@ -301,20 +305,23 @@ func (g *PolicyGate) compiled(cfg *policies.Config, names []string) (*compiledRu
 	return c, nil
 }
 
-// recordResult appends how a result reached the client. It runs after the
-// rows have gone, so it waits for nothing: the statement's own event,
-// durable before it ran, is the record that gates; this one adds rows,
-// bytes and masking, and a store that fails it loses only those counts.
-func (g *PolicyGate) recordResult(ev audit.Event, requestID string, r postgres.ResultSummary) {
+// recordOutcome appends how a run ended: rows, bytes, masked columns,
+// SQLSTATE, duration, and the statement's fingerprint (a second parse on
+// a cache miss, done here, off the decision's path). It runs after the
+// server answered, so it waits for nothing: the statement's own event,
+// durable before it ran, is the record that gates; a store that fails
+// this one loses only these details.
+func (g *PolicyGate) recordOutcome(ev audit.Event, a *sql.Analysis, o postgres.Outcome) {
 	ev.Kind = audit.KindStatementResult
 	ev.Time = g.Now()
-	ev.RequestID = requestID
-	ev.Rows, ev.Bytes, ev.MaskedColumns = r.Rows, r.Bytes, r.Masked
-	if r.Truncated {
+	ev.Rows, ev.Bytes, ev.Duration, ev.SQLState, ev.MaskedColumns = o.Rows, o.Bytes, o.Duration, o.SQLState, o.Masked
+	if o.Truncated {
 		ev.Error = "result cut short by max_rows or max_bytes"
-		ev.SQLState = "54000"
 	}
 	go func() {
+		if a != nil && len(a.Statements) == 1 {
+			ev.Fingerprint = a.Statements[0].Fingerprint()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), resultRecordTimeout)
 		defer cancel()
 		_ = g.Audit.Append(ctx, ev)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/policies"
 )
@@ -103,6 +104,26 @@ type Verdict struct {
 	// Results is what happens to the rows an allowed statement returns;
 	// nil passes them as sent.
 	Results *ResultPlan
+	// Finished, when set, hears how an allowed run ended, once the server
+	// has answered it (for the record of rows, bytes and SQLSTATE).
+	Finished func(Outcome)
+}
+
+// Outcome is how one run of a statement ended.
+type Outcome struct {
+	// Rows is what the server's completion tags report (rows returned,
+	// inserted, updated, copied), summed over the run's statements.
+	Rows int64
+	// Bytes is what the client received of the rows: DataRow and
+	// CopyData bodies, after masking.
+	Bytes int64
+	// SQLState is the first error's, "" when there was none.
+	SQLState string
+	// Masked names the result columns masked by rule; Truncated is set
+	// when a budget cut a result short.
+	Masked    []string
+	Truncated bool
+	Duration  time.Duration
 }
 
 // Allowed reports whether the statement may run.

@@ -1,10 +1,12 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,17 +34,17 @@ func (s *Session) onReadyClient(ctx context.Context, fr frame) (Reply, bool) {
 	var err error
 	switch fr.typ {
 	case 'Q':
-		plan := s.onQuery(ctx, fr)
+		v := s.onQuery(ctx, fr)
 		s.awaiting++
-		err = s.track.push(op{kind: opQuery, plan: plan})
+		err = s.track.push(op{kind: opQuery, plan: v.Results, finished: v.Finished, start: s.cfg.Now()})
 	case 'P':
 		name, sql, plan, denied := s.onParse(ctx, fr)
 		s.track.parsed(name, sql, plan, denied)
 		err = s.track.push(op{kind: opParse, name: name})
 	case 'F':
-		s.onFunctionCall(ctx, fr)
+		v := s.onFunctionCall(ctx, fr)
 		s.awaiting++
-		err = s.track.push(op{kind: opFunctionCall})
+		err = s.track.push(op{kind: opFunctionCall, finished: v.Finished, start: s.cfg.Now()})
 	case 'B':
 		err = s.onBind(fr)
 	case 'D':
@@ -102,23 +104,24 @@ func malformed(kind string, err error) Verdict {
 // onQuery gates a simple-protocol Query. A denied Query is replaced by one
 // that makes the server itself raise insufficient_privilege, so the
 // transaction ends up exactly as a server-side permission error leaves it
-// (design.md section 6, "Deny a statement"). It returns the plan for the
-// Query's results.
-func (s *Session) onQuery(ctx context.Context, fr frame) *ResultPlan {
+// (design.md section 6, "Deny a statement"). It returns the verdict of an
+// allowed Query (its result plan and completion hook), else the zero one.
+func (s *Session) onQuery(ctx context.Context, fr frame) Verdict {
 	var q pgproto3.Query
 	if err := q.Decode(fr.body); err != nil {
-		s.denyWithQuery(malformed("Query", err))
-		return nil
+		v := malformed("Query", err)
+		s.denyWithQuery(v)
+		return v
 	}
 	st := s.statement(ProtocolSimple)
 	st.SQL = q.String
 	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
-		return v.Results
+		return v
 	}
 	s.denyWithQuery(v)
-	return nil
+	return Verdict{}
 }
 
 // denyWithQuery sends the server a DO block that raises 42501 with a
@@ -181,20 +184,21 @@ func (s *Session) denyParse(name string, v Verdict) {
 // onFunctionCall gates a FunctionCall. A denied one becomes the denying
 // Query, whose answer (ErrorResponse, ReadyForQuery) has the shape of a
 // failed FunctionCall's.
-func (s *Session) onFunctionCall(ctx context.Context, fr frame) {
+func (s *Session) onFunctionCall(ctx context.Context, fr frame) Verdict {
 	var f pgproto3.FunctionCall
 	if err := f.Decode(fr.body); err != nil {
 		s.denyWithQuery(malformed("FunctionCall", err))
-		return
+		return Verdict{}
 	}
 	st := s.statement(ProtocolFunctionCall)
 	st.FunctionOID = f.Function
 	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
-		return
+		return v
 	}
 	s.denyWithQuery(v)
+	return Verdict{}
 }
 
 // onBind records which statement a portal runs and in which formats its
@@ -241,6 +245,7 @@ func (s *Session) onExecute(ctx context.Context, fr frame) error {
 	}
 	po := s.track.portals[e.Portal]
 	var plan *ResultPlan
+	var finished func(Outcome)
 	switch {
 	case po == nil:
 		// Every Bind passes through sluice, so this portal was never
@@ -262,7 +267,7 @@ func (s *Session) onExecute(ctx context.Context, fr frame) error {
 			s.addDenial(denial{marker: marker, code: codeSyntaxError, verdict: v})
 			return s.track.push(op{kind: opParse, name: marker})
 		}
-		plan = v.Results
+		plan, finished = v.Results, v.Finished
 		po.plan = plan
 	}
 	if plan.active() && po.desc == nil && !po.describing {
@@ -272,7 +277,7 @@ func (s *Session) onExecute(ctx context.Context, fr frame) error {
 		}
 	}
 	s.toServer.pass(fr.raw)
-	return s.track.push(op{kind: opExecute, name: e.Portal, plan: plan})
+	return s.track.push(op{kind: opExecute, name: e.Portal, plan: plan, finished: finished, start: s.cfg.Now()})
 }
 
 func (s *Session) addDenial(d denial) {
@@ -400,6 +405,9 @@ func (s *Session) onAnswer(fr frame) error {
 		if h == nil || (h.kind != opQuery && h.kind != opExecute) {
 			return s.unplaced(fr)
 		}
+		if fr.typ == 'C' {
+			h.out.Rows += tagRows(fr.body)
+		}
 		if h.cur != nil && h.cur.dropComplete {
 			h.cur = nil
 			if h.kind == opExecute {
@@ -427,11 +435,17 @@ func (s *Session) onAnswer(fr frame) error {
 		if h != nil {
 			plan = h.plan
 			s.endSet(h)
+			code := errorCode(fr.body)
 			if h.kind.extended() {
 				// The server skips everything up to the next Sync.
 				for h := s.track.head(); h != nil && h.kind != opSync; h = s.track.head() {
+					if h.out.SQLState == "" {
+						h.out.SQLState = code
+					}
 					s.track.pop()
 				}
+			} else if h.out.SQLState == "" {
+				h.out.SQLState = code
 			}
 		}
 		if len(s.denials) > 0 {
@@ -470,6 +484,7 @@ func (s *Session) onAnswer(fr frame) error {
 // onRow passes, rewrites or drops one DataRow or CopyData.
 func (s *Session) onRow(h *op, fr frame) error {
 	if !h.plan.active() {
+		h.out.Bytes += int64(len(fr.raw) - 5)
 		s.toClient.pass(fr.raw)
 		return nil
 	}
@@ -489,6 +504,7 @@ func (s *Session) onRow(h *op, fr frame) error {
 	if !keep {
 		return nil
 	}
+	h.out.Bytes += int64(len(out) - 5)
 	if len(out) > 0 && &out[0] == &fr.raw[0] {
 		s.toClient.pass(fr.raw)
 	} else {
@@ -532,6 +548,12 @@ func (s *Session) endSet(h *op) *pgproto3.ErrorResponse {
 	if rs.portal != nil {
 		rs.portal.rows, rs.portal.bytes = rs.rows, rs.bytes
 	}
+	for i, a := range rs.actions {
+		if a == colMask && !slices.Contains(h.out.Masked, rs.names[i]) {
+			h.out.Masked = append(h.out.Masked, rs.names[i])
+		}
+	}
+	h.out.Truncated = h.out.Truncated || rs.over
 	if rs.plan.Done != nil {
 		rs.plan.Done(rs.summary())
 	}
@@ -570,4 +592,35 @@ func (s *Session) rewriteDenial(fr frame) (*pgproto3.ErrorResponse, bool) {
 		return out, true
 	}
 	return nil, false
+}
+
+// tagRows is the row count a CommandComplete tag ends with ("SELECT 5",
+// "INSERT 0 3", "COPY 10"); 0 for a tag without one ("BEGIN").
+func tagRows(body []byte) int64 {
+	tag := string(bytes.TrimRight(body, "\x00"))
+	i := strings.LastIndexByte(tag, ' ')
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.ParseInt(tag[i+1:], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// errorCode is an ErrorResponse's SQLSTATE, without decoding the rest.
+func errorCode(body []byte) string {
+	for len(body) > 0 && body[0] != 0 {
+		f := body[0]
+		end := bytes.IndexByte(body[1:], 0)
+		if end < 0 {
+			return ""
+		}
+		if f == 'C' {
+			return string(body[1 : 1+end])
+		}
+		body = body[2+end:]
+	}
+	return ""
 }

@@ -470,3 +470,36 @@ func TestExecuteDecidedEachRun(t *testing.T) {
 		t.Errorf("ops left: %+v", s.track.ops)
 	}
 }
+
+// finishGate allows everything and keeps each run's outcome.
+type finishGate struct{ out *[]Outcome }
+
+func (g finishGate) Decide(context.Context, Statement) Verdict {
+	v := Allow()
+	v.Finished = func(o Outcome) { *g.out = append(*g.out, o) }
+	return v
+}
+
+// TestOutcomes: each run reports its rows (from the completion tags), the
+// bytes the client received, and its first SQLSTATE, once answered; in
+// the extended protocol, runs skipped after an error report that error.
+func TestOutcomes(t *testing.T) {
+	var got []Outcome
+	s := loggedIn(t, finishGate{&got})
+	ctx := context.Background()
+	s.FromClient(ctx, enc(t, &pgproto3.Query{String: "SELECT id FROM t; UPDATE t SET x = 1"}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.RowDescription{Fields: customerFields[:1]},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("1")}}, &pgproto3.DataRow{Values: [][]byte{[]byte("22")}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 2")}, &pgproto3.CommandComplete{CommandTag: []byte("UPDATE 3")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	if len(got) != 1 || got[0].Rows != 5 || got[0].Bytes != 2*(2+4)+1+2 || got[0].SQLState != "" {
+		t.Fatalf("simple: %+v", got)
+	}
+	s.FromClient(ctx, enc(t, &pgproto3.Parse{Query: "SELECT 1/0"}, &pgproto3.Bind{}, &pgproto3.Execute{},
+		&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.ParseComplete{}, &pgproto3.BindComplete{},
+		&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22012", Message: "division by zero"}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	if len(got) != 3 || got[1].SQLState != "22012" || got[2].SQLState != "22012" {
+		t.Fatalf("extended: %+v", got)
+	}
+}

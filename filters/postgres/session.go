@@ -139,6 +139,7 @@ func New(cfg Config) *Session {
 		})
 	}
 	s := &Session{cfg: cfg}
+	s.track.now = cfg.Now
 	s.client.expect = frameStartup
 	s.client.max = maxAuthMessage
 	s.server.max = maxMessage

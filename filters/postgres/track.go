@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -55,6 +56,10 @@ type op struct {
 	injected bool
 	sets     int        // result sets begun (Query)
 	cur      *resultSet // the result set streaming
+	// finished, when set, hears how the run ended once the op is answered.
+	finished func(Outcome)
+	start    time.Time
+	out      Outcome
 }
 
 // prepared is what sluice knows of a prepared statement.
@@ -87,6 +92,7 @@ const maxOps = 1 << 16
 
 // tracker is the session's view of the conversation's state.
 type tracker struct {
+	now     func() time.Time
 	ops     []op
 	stmts   map[string]*prepared
 	portals map[string]*portal
@@ -108,6 +114,10 @@ func (t *tracker) head() *op {
 }
 
 func (t *tracker) pop() {
+	if o := &t.ops[0]; o.finished != nil {
+		o.out.Duration = t.now().Sub(o.start)
+		o.finished(o.out)
+	}
 	t.ops[0] = op{}
 	t.ops = t.ops[1:]
 	if len(t.ops) == 0 {

@@ -173,8 +173,16 @@ func TestPostgresMaskingEveryShape(t *testing.T) {
 	for {
 		var results int
 		p.audit.mu.Lock()
+		statements := map[string]bool{}
 		for _, e := range p.audit.events {
-			if e.Kind == audit.KindStatementResult && len(e.MaskedColumns) > 0 && e.RequestID != "" && e.Rows > 0 {
+			if e.Kind == audit.KindStatement && e.RequestID != "" {
+				statements[e.RequestID] = true
+			}
+		}
+		for _, e := range p.audit.events {
+			// Each run's result names its statement's record, its masked
+			// columns, rows and fingerprint.
+			if e.Kind == audit.KindStatementResult && len(e.MaskedColumns) > 0 && statements[e.RequestID] && e.Rows > 0 && e.Fingerprint != "" {
 				results++
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	colmetrics "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -140,6 +141,21 @@ func TestOTLPExportsSpansAndMetrics(t *testing.T) {
 	}
 	if _, err := serveHealth(t, tel).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
+	}
+	// The server ends its span and records its duration after the client
+	// has its answer (gRPC's stats End event), so flush until they are in.
+	received := func() bool {
+		col.mu.Lock()
+		defer col.mu.Unlock()
+		return len(col.spans) > 0 && strings.Contains(strings.Join(col.metrics, ","), "rpc.server.call.duration")
+	}
+	for deadline := time.Now().Add(10 * time.Second); !received() && time.Now().Before(deadline); {
+		for _, p := range []any{tel.TracerProvider, tel.MeterProvider} {
+			if f, ok := p.(interface{ ForceFlush(context.Context) error }); ok {
+				_ = f.ForceFlush(ctx)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if err := tel.Shutdown(ctx); err != nil { // flushes the batcher
 		t.Fatal(err)

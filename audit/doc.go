@@ -91,7 +91,10 @@
 // records has run. WAL checkpoints run on their own connection, off the
 // commit path. Postgres commits with synchronous_commit=on, set on every
 // connection: COMMIT returns after the WAL record is flushed on the server
-// (and on synchronous standbys, if the server has them).
+// (and on synchronous standbys, if the server has them). A batch goes to
+// Postgres in one round trip: a binary COPY, its own transaction; or, when
+// it carries a checkpoint, its INSERTs pipelined in one implicit
+// transaction.
 //
 // The SIGKILL tests kill a writing process mid-burst and check that every
 // acknowledged append is in the store and the chains verify. They prove

@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -152,12 +154,63 @@ const insertUnnestSQL = "INSERT INTO audit_events (writer, seq, hash, prev, body
 	"SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $5::text[], $6::bigint[], $7::text[], $8::text[], " +
 	"$9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])"
 
-// commit sends the batch's statements in one pipeline ending in one Sync:
-// Postgres runs them as one implicit transaction and commits it before it
-// answers ReadyForQuery, which SendBatch's Close waits for. One round trip
-// per group commit, instead of BEGIN, INSERT, COMMIT each waiting on the
-// last.
+// commit writes a batch in one round trip and one transaction, returning
+// once Postgres has committed it (ReadyForQuery follows the commit).
+//
+// A batch of events alone, nearly every group commit, is loaded with COPY
+// in binary format: the rows go as they are, with no arrays to build, send
+// and take apart again (INSERT … SELECT FROM unnest(…)). With 64 appends in
+// flight on 2 vCPUs that is about a third less CPU per event, on the
+// server and in sluice alike, which raised throughput by about half. A
+// batch that carries a checkpoint needs a second statement in the same
+// transaction; see commitPipelined.
+//
+// Tried and measured slower: writing batch k+1 on a second connection
+// while batch k's COMMIT is in flight, committing it once k's succeeded.
+// That adds a round trip per batch (the COMMIT that must wait) and splits
+// the appends in flight into smaller batches. With the CPU as the limit
+// (2 vCPUs, 64 appenders, the server on the same cores) it cost 10–20 %
+// more CPU per event, gave no more throughput and a worse p99, with INSERT
+// and with COPY alike.
 func (d *postgresDB) commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error {
+	if len(cps) == 0 && len(evs) > 0 {
+		return d.copyEvents(ctx, evs)
+	}
+	return d.commitPipelined(ctx, evs, cps)
+}
+
+// copyEventsSQL loads events in Postgres's binary COPY format. A single
+// statement sent as a simple query runs in its own transaction, which the
+// server commits (synchronous_commit=on: WAL flushed) before it sends
+// ReadyForQuery; CopyFrom returns only after that.
+const copyEventsSQL = "COPY audit_events (writer, seq, hash, prev, body, " + indexColumns + ") FROM STDIN (FORMAT binary)"
+
+// copyEvents sends the COPY and its data without waiting in between
+// (pgconn streams the data right after the query), so it is one round
+// trip like the pipeline.
+func (d *postgresDB) copyEvents(ctx context.Context, evs []eventRow) error {
+	data := appendCopyEvents(make([]byte, 0, copyEventsSize(evs)), evs)
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	tag, err := conn.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(data), copyEventsSQL)
+	if err != nil {
+		return err
+	}
+	if n := tag.RowsAffected(); n != int64(len(evs)) {
+		return fmt.Errorf("postgres: COPY reported %d rows for a batch of %d events", n, len(evs))
+	}
+	return nil
+}
+
+// commitPipelined sends the batch's statements in one pipeline ending in
+// one Sync: Postgres runs them as one implicit transaction and commits it
+// before it answers ReadyForQuery, which SendBatch's Close waits for. One
+// round trip per group commit, instead of BEGIN, INSERT, COMMIT each
+// waiting on the last.
+func (d *postgresDB) commitPipelined(ctx context.Context, evs []eventRow, cps []checkpointRow) error {
 	b := &pgx.Batch{}
 	if len(evs) > 0 {
 		b.Queue(insertUnnestSQL, unnestArgs(evs)...)
@@ -173,6 +226,57 @@ func (d *postgresDB) commit(ctx context.Context, evs []eventRow, cps []checkpoin
 		}
 	}
 	return br.Close()
+}
+
+// Postgres's binary COPY format: a signature, a flags word and a header
+// extension length (both zero), then per row the number of fields and
+// each field as a length and its binary value, then -1 as a field count.
+// text is its UTF-8 bytes, bytea its bytes, bigint 8 bytes big-endian.
+var copyHeader = []byte("PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00")
+
+const copyTrailer = 0xffff // a field count of -1
+
+// copyEventsSize is the exact length appendCopyEvents writes.
+func copyEventsSize(evs []eventRow) int {
+	n := len(copyHeader) + 2
+	for i := range evs {
+		e := &evs[i]
+		x := &e.ix
+		n += 2 + eventColumns*4 + 2*8 + len(e.writer) + len(e.hash) + len(e.prev) + len(e.body) +
+			len(x.Kind) + len(x.Subject) + len(x.Client) + len(x.OnBehalfOf) + len(x.Target) +
+			len(x.Decision) + len(x.Classes) + len(x.GrantID) + len(x.Request) + len(x.Reason)
+	}
+	return n
+}
+
+// appendCopyEvents encodes evs as COPY data for copyEventsSQL's columns.
+func appendCopyEvents(b []byte, evs []eventRow) []byte {
+	b = append(b, copyHeader...)
+	for i := range evs {
+		e := &evs[i]
+		x := &e.ix
+		b = binary.BigEndian.AppendUint16(b, eventColumns)
+		b = appendCopyBytes(b, e.writer)
+		b = appendCopyInt8(b, e.seq)
+		b = appendCopyBytes(b, e.hash)
+		b = appendCopyBytes(b, e.prev)
+		b = appendCopyBytes(b, e.body)
+		b = appendCopyInt8(b, x.TimeNS)
+		for _, s := range [...]string{x.Kind, x.Subject, x.Client, x.OnBehalfOf, x.Target, x.Decision, x.Classes, x.GrantID, x.Request, x.Reason} {
+			b = appendCopyBytes(b, s)
+		}
+	}
+	return binary.BigEndian.AppendUint16(b, copyTrailer)
+}
+
+func appendCopyBytes[T string | []byte](b []byte, v T) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+	return append(b, v...)
+}
+
+func appendCopyInt8(b []byte, v int64) []byte {
+	b = binary.BigEndian.AppendUint32(b, 8)
+	return binary.BigEndian.AppendUint64(b, uint64(v))
 }
 
 func unnestArgs(evs []eventRow) []any {

@@ -107,6 +107,8 @@ func TestPostgres(t *testing.T) {
 	runSuite(t, e)
 	t.Run("store down", func(t *testing.T) { testStoreDown(t, pg, e) })
 	t.Run("group commit is atomic", func(t *testing.T) { testPostgresAtomic(t, e) })
+	t.Run("COPY stores what INSERT stores", func(t *testing.T) { testPostgresCopy(t, e) })
+	t.Run("COPY batch is atomic", func(t *testing.T) { testPostgresCopyAtomic(t, e) })
 }
 
 // testPostgresAtomic: the pipelined batch commits all or nothing, which

@@ -94,16 +94,21 @@ func lines(t *testing.T, path string) []Record {
 		return nil
 	}
 	defer f.Close()
+	// Only whole lines count: the exporter may be writing the next one
+	// while a test polls the file. Every whole line must parse.
 	var out []Record
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	rd := bufio.NewReader(f)
+	for {
+		line, err := rd.ReadBytes('\n')
+		if err != nil {
+			return out // EOF, possibly after a line still being written
+		}
 		var r Record
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			t.Fatalf("jsonl line %q: %v", sc.Text(), err)
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("jsonl line %q: %v", line, err)
 		}
 		out = append(out, r)
 	}
-	return out
 }
 
 // testExportCatchUp: a receiver that is down never slows an Append; the

@@ -244,15 +244,19 @@ func (s *Session) onExecute(ctx context.Context, fr frame) error {
 		return err
 	}
 	po := s.track.portals[e.Portal]
+	if po == nil {
+		// Every Bind passes through sluice, so a portal it has not seen
+		// bound is a cursor the client declared in SQL (DECLARE, WITH HOLD
+		// across transactions), which the protocol may Execute by name;
+		// or nothing, which the server refuses. It runs as a FETCH from
+		// that cursor: decided, recorded and masked as one.
+		po = &portal{cursor: true}
+		s.track.setPortal(e.Portal, po)
+	}
 	var plan *ResultPlan
 	var finished func(Outcome)
 	switch {
-	case po == nil:
-		// Every Bind passes through sluice, so this portal was never
-		// bound, or its transaction ended: the server refuses it too.
-		s.toServer.pass(fr.raw)
-		return s.track.push(op{kind: opExecute, name: e.Portal})
-	case s.track.refused(po.stmt):
+	case !po.cursor && s.track.refused(po.stmt):
 		// Its Parse was refused, so the server has no such statement and
 		// the Bind before this Execute failed: nothing runs.
 		s.toServer.pass(fr.raw)
@@ -260,6 +264,9 @@ func (s *Session) onExecute(ctx context.Context, fr frame) error {
 	default:
 		st := s.statement(ProtocolExecute)
 		st.Name, st.SQL = po.stmt, s.track.text(po.stmt)
+		if po.cursor {
+			st.Name, st.SQL = e.Portal, "FETCH ALL FROM "+quoteIdent(e.Portal)
+		}
 		v := s.decide(ctx, st)
 		if !v.Allowed() {
 			marker := "sluice_denied_" + s.cfg.Nonce()

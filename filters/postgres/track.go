@@ -84,6 +84,9 @@ type portal struct {
 	describing bool
 	// rows and bytes are what earlier Executes of the portal sent.
 	rows, bytes int64
+	// cursor marks a portal sluice never saw bound: a cursor declared in
+	// SQL, run as FETCH from it.
+	cursor bool
 }
 
 // maxOps bounds the messages awaiting answers. The server answers in
@@ -179,6 +182,14 @@ func (t *tracker) bound(b bindHead) {
 		}
 	}
 	t.portals[b.portal] = po
+}
+
+// setPortal records a portal sluice learnt of other than by a Bind.
+func (t *tracker) setPortal(name string, po *portal) {
+	if t.portals == nil {
+		t.portals = make(map[string]*portal)
+	}
+	t.portals[name] = po
 }
 
 // withFormats applies Bind's result format codes to a statement's

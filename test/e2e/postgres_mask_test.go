@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
@@ -251,5 +252,54 @@ func TestPostgresResultBudget(t *testing.T) {
 	}
 	conn.Close(ctx)
 	p.quiesce()
+	p.sim.RequireNoViolations(t)
+}
+
+// TestPostgresMaskingCursorPortal: a cursor declared in SQL is a portal
+// the protocol may Execute by name without any Bind; its rows are masked
+// (as a FETCH from the cursor) and the run is recorded.
+func TestPostgresMaskingCursorPortal(t *testing.T) {
+	p, _ := startPGPathWith(t, pgOptions{policies: maskPolicies, gate: policyGate})
+	seedCustomers(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := p.pgx(ctx, p.token("agent-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	pc := conn.PgConn()
+	if _, err := pc.Exec(ctx, "BEGIN; DECLARE c CURSOR FOR SELECT email, name FROM customers").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	fe := pc.Frontend()
+	fe.Send(&pgproto3.Execute{Portal: "c"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for {
+		m, err := pc.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			rows = append(rows, fmt.Sprintf("%q", m.Values))
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("Execute of the cursor: %s %s", m.Code, m.Message)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if len(rows) != 2 {
+		t.Fatalf("rows %v, want 2", rows)
+	}
+	leaks(t, "cursor portal", strings.Join(rows, "\n"))
+	if !strings.Contains(strings.Join(rows, ""), "Alice") {
+		t.Errorf("name lost: %v", rows)
+	}
 	p.sim.RequireNoViolations(t)
 }

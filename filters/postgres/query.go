@@ -38,8 +38,8 @@ func (s *Session) onReadyClient(ctx context.Context, fr frame) (Reply, bool) {
 		s.awaiting++
 		err = s.track.push(op{kind: opQuery, plan: v.Results, finished: v.Finished, start: s.cfg.Now()})
 	case 'P':
-		name, sql, plan, denied := s.onParse(ctx, fr)
-		s.track.parsed(name, sql, plan, denied)
+		name, sql, plan := s.onParse(ctx, fr)
+		s.track.parsed(name, sql, plan)
 		err = s.track.push(op{kind: opParse, name: name})
 	case 'F':
 		v := s.onFunctionCall(ctx, fr)
@@ -154,25 +154,24 @@ func denySQL(nonce, marker, reason string) string {
 // error comes where a Parse's error comes, the server then skips to Sync as
 // after any extended-protocol error, and the statement name is never
 // created, so a Bind or Execute of it never runs. It returns the
-// statement's name and text, the plan for its results, and whether it
-// was refused.
-func (s *Session) onParse(ctx context.Context, fr frame) (name, sql string, plan *ResultPlan, denied bool) {
+// statement's name and text and the plan for its results.
+func (s *Session) onParse(ctx context.Context, fr frame) (name, sql string, plan *ResultPlan) {
 	var p pgproto3.Parse
 	if err := p.Decode(fr.body); err != nil {
 		// The name is unreadable too: the unnamed statement is as good
 		// as any, since the replacement never creates one.
 		s.denyParse("", malformed("Parse", err))
-		return "", "", nil, true
+		return "", "", nil
 	}
 	st := s.statement(ProtocolExtended)
 	st.SQL, st.Name = p.Query, p.Name
 	v := s.decide(ctx, st)
 	if v.Allowed() {
 		s.toServer.pass(fr.raw)
-		return p.Name, p.Query, v.Results, false
+		return p.Name, p.Query, v.Results
 	}
 	s.denyParse(p.Name, v)
-	return p.Name, p.Query, nil, true
+	return p.Name, p.Query, nil
 }
 
 func (s *Session) denyParse(name string, v Verdict) {
@@ -255,13 +254,12 @@ func (s *Session) onExecute(ctx context.Context, fr frame) error {
 	}
 	var plan *ResultPlan
 	var finished func(Outcome)
-	switch {
-	case !po.cursor && s.track.refused(po.stmt):
-		// Its Parse was refused, so the server has no such statement and
-		// the Bind before this Execute failed: nothing runs.
-		s.toServer.pass(fr.raw)
-		return s.track.push(op{kind: opExecute, name: e.Portal})
-	default:
+	// Every run is decided, even of a statement whose last Parse sluice
+	// refused: a refused Parse of a name already prepared leaves the
+	// earlier statement of that name on the server, and a Bind of the
+	// name binds that one. Deciding the refused text again refuses the
+	// run, which fails closed.
+	{
 		st := s.statement(ProtocolExecute)
 		st.Name, st.SQL = po.stmt, s.track.text(po.stmt)
 		if po.cursor {

@@ -503,3 +503,21 @@ func TestOutcomes(t *testing.T) {
 		t.Fatalf("extended: %+v", got)
 	}
 }
+
+// TestRefusedRedefinitionDoesNotRunTheOldStatement: a refused Parse of a
+// name already prepared leaves the earlier statement on the server; a Bind
+// of that name binds it. Its Execute is decided again (on the refused
+// text) and refused, so neither statement runs.
+func TestRefusedRedefinitionDoesNotRunTheOldStatement(t *testing.T) {
+	s := loggedIn(t, MarkerGate{})
+	ctx := context.Background()
+	s.FromClient(ctx, enc(t, &pgproto3.Parse{Name: "s1", Query: "SELECT email FROM customers"}, &pgproto3.Sync{}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.ParseComplete{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	s.FromClient(ctx, enc(t, &pgproto3.Parse{Name: "s1", Query: "DELETE FROM customers -- sluice:deny"}, &pgproto3.Sync{}), false)
+	s.FromServer(ctx, enc(t, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "42601", Message: `syntax error at or near "sluice_denied_n0nce"`},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'}), false)
+	r := s.FromClient(ctx, enc(t, &pgproto3.Bind{PreparedStatement: "s1"}, &pgproto3.Execute{}, &pgproto3.Sync{}), false)
+	if bytes.Contains(r.Data, enc(t, &pgproto3.Execute{})) || !bytes.Contains(r.Data, []byte("sluice_denied_n0nce")) {
+		t.Fatalf("server got %q: the Execute of the redefined name must be refused", r.Data)
+	}
+}

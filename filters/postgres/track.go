@@ -68,9 +68,6 @@ type prepared struct {
 	desc []pgproto3.FieldDescription // from a Describe, formats all text
 	// sql is the statement's text, decided again at each Execute.
 	sql string
-	// denied marks a statement whose Parse sluice refused: the server
-	// never created it, so a Bind or Execute of it fails there.
-	denied bool
 }
 
 // portal is what sluice knows of a portal.
@@ -142,15 +139,9 @@ func (t *tracker) statement(name string) *prepared {
 
 // parsed records a Parse: the statement's plan replaces any earlier one
 // of the same name (the server replaces the unnamed statement too).
-func (t *tracker) parsed(name, sql string, plan *ResultPlan, denied bool) {
+func (t *tracker) parsed(name, sql string, plan *ResultPlan) {
 	p := t.statement(name)
-	p.plan, p.desc, p.sql, p.denied = plan, nil, sql, denied
-}
-
-// refused reports whether the statement's Parse was refused.
-func (t *tracker) refused(name string) bool {
-	p := t.stmts[name]
-	return p != nil && p.denied
+	p.plan, p.desc, p.sql = plan, nil, sql
 }
 
 // text is what a run of statement name executes: its Parse's text, or,

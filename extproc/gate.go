@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -35,8 +33,7 @@ type PolicyGate struct {
 	Now    func() time.Time
 
 	// rules caches compiled masking rules per config and rule names.
-	rules    sync.Map // rulesKey → *compiledRules
-	rulesCfg atomic.Pointer[policies.Config]
+	rules perConfig[*mask.Rules]
 }
 
 var _ postgres.Gate = (*PolicyGate)(nil)
@@ -220,8 +217,8 @@ func (g *PolicyGate) plan(cfg *policies.Config, d policies.Decision) (*statement
 		if err != nil {
 			return nil, err
 		}
-		sp.Detectors = cr.detectors
-		sp.patterns = cr.patterns
+		sp.Detectors = cr.Detectors
+		sp.patterns = cr.Columns
 	}
 	return sp, nil
 }
@@ -261,48 +258,16 @@ func maskColumns(a *sql.Analysis, patterns []string) func(set, i, n int, name st
 	}
 }
 
-// compiledRules are the named masking rules of one config, ready to use.
-type compiledRules struct {
-	patterns  []string
-	detectors *mask.Detectors
-}
-
-type rulesKey struct {
-	cfg   *policies.Config
-	names string
-}
-
 // compiled returns the masking rules named, compiled once per config.
-func (g *PolicyGate) compiled(cfg *policies.Config, names []string) (*compiledRules, error) {
-	if last := g.rulesCfg.Swap(cfg); last != cfg {
-		// A reload: the rules compiled for earlier configs go.
-		g.rules.Clear()
-	}
-	key := rulesKey{cfg, strings.Join(names, "\x00")}
-	if c, ok := g.rules.Load(key); ok {
-		return c.(*compiledRules), nil
-	}
-	c := &compiledRules{}
-	var detectors []string
-	found := 0
-	for _, m := range cfg.Masking {
-		if !slices.Contains(names, m.Name) {
-			continue
+// Config validation has checked that every name is defined.
+func (g *PolicyGate) compiled(cfg *policies.Config, names []string) (*mask.Rules, error) {
+	return g.rules.get(cfg, names, func() (*mask.Rules, error) {
+		r, err := mask.Compile(cfg.Masking, names)
+		if err != nil {
+			return nil, fmt.Errorf("masking rules %s: %w", strings.Join(names, ", "), err)
 		}
-		found++
-		c.patterns = append(c.patterns, m.Columns...)
-		detectors = append(detectors, m.Detectors...)
-	}
-	if found == 0 {
-		return nil, fmt.Errorf("masking rules %s are not defined", strings.Join(names, ", "))
-	}
-	d, err := mask.NewDetectors(detectors)
-	if err != nil {
-		return nil, fmt.Errorf("masking rules %s: %w", strings.Join(names, ", "), err)
-	}
-	c.detectors = d
-	g.rules.Store(key, c)
-	return c, nil
+		return r, nil
+	})
 }
 
 // recordOutcome appends how a run ended: rows, bytes, masked columns,

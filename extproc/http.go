@@ -13,7 +13,6 @@ import (
 	"mime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -65,11 +64,10 @@ const (
 type HTTPServer struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
-	opts     HTTPOptions
-	log      *slog.Logger
-	cfg      atomic.Pointer[policies.Config]
-	rules    sync.Map // rulesKey → *httpapi.JSONRules
-	rulesCfg atomic.Pointer[policies.Config]
+	opts  HTTPOptions
+	log   *slog.Logger
+	cfg   atomic.Pointer[policies.Config]
+	rules perConfig[*httpapi.JSONRules]
 }
 
 var _ extprocv3.ExternalProcessorServer = (*HTTPServer)(nil)
@@ -469,20 +467,9 @@ func (x *exchange) finish() {
 
 // compiled returns the JSON masking rules named, compiled once per config.
 func (s *HTTPServer) compiled(cfg *policies.Config, names []string) (*httpapi.JSONRules, error) {
-	if last := s.rulesCfg.Swap(cfg); last != cfg {
-		// A reload: the rules compiled for earlier configs go.
-		s.rules.Clear()
-	}
-	key := rulesKey{cfg, strings.Join(names, "\x00")}
-	if r, ok := s.rules.Load(key); ok {
-		return r.(*httpapi.JSONRules), nil
-	}
-	r, err := httpapi.CompileJSONRules(cfg.Masking, names)
-	if err != nil {
-		return nil, err
-	}
-	s.rules.Store(key, r)
-	return r, nil
+	return s.rules.get(cfg, names, func() (*httpapi.JSONRules, error) {
+		return httpapi.CompileJSONRules(cfg.Masking, names)
+	})
 }
 
 func headerMap(h *corev3.HeaderMap) map[string]string {

@@ -13,7 +13,11 @@ type Column struct {
 
 // Rules are the masking rules a decision selected, compiled for matching.
 type Rules struct {
-	patterns  []pattern
+	patterns []pattern
+	// Columns are the rules' column patterns as written, for matching
+	// against lineage (filters/sql Source.Matches, which also knows
+	// unknown and whole-table sources).
+	Columns   []string
 	Detectors *Detectors
 }
 
@@ -30,6 +34,7 @@ func Compile(all []policies.MaskingRule, names []string) (*Rules, error) {
 		for _, c := range m.Columns {
 			r.patterns = append(r.patterns, parsePattern(c))
 		}
+		r.Columns = append(r.Columns, m.Columns...)
 		detectors = append(detectors, m.Detectors...)
 	}
 	d, err := NewDetectors(detectors)

@@ -52,7 +52,7 @@ func BenchmarkDataRows(b *testing.B) {
 // BenchmarkMaskedDataRows is the same with a masking plan: one column
 // masked by rule, the e-mail detector over the other two.
 func BenchmarkMaskedDataRows(b *testing.B) {
-	benchRows(b, loggedIn(b, planGate{emailPlan(b, nil)}))
+	benchRows(b, loggedIn(b, planGate{emailPlan(b)}))
 }
 
 func benchRows(b *testing.B, s *Session) {

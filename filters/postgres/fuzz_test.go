@@ -61,7 +61,7 @@ func FuzzSession(f *testing.F) {
 // client messages.
 func FuzzMaskingSession(f *testing.F) {
 	plan := func(t testing.TB) Gate {
-		p := emailPlan(t, nil)
+		p := emailPlan(t)
 		p.MaxRows, p.MaxBytes = 3, 1000
 		return planGate{p}
 	}

@@ -541,8 +541,8 @@ func (s *Session) executeSet(h *op, row []byte) *resultSet {
 	return rs
 }
 
-// endSet ends the op's current result set: it reports the set to the
-// plan and returns the error the client gets in place of its completion
+// endSet ends the op's current result set: it adds the set to the run's
+// outcome and returns the error the client gets in place of its completion
 // when a budget cut it short.
 func (s *Session) endSet(h *op) *pgproto3.ErrorResponse {
 	rs := h.cur
@@ -559,9 +559,6 @@ func (s *Session) endSet(h *op) *pgproto3.ErrorResponse {
 		}
 	}
 	h.out.Truncated = h.out.Truncated || rs.over
-	if rs.plan.Done != nil {
-		rs.plan.Done(rs.summary())
-	}
 	if rs.over {
 		return rs.budgetError()
 	}

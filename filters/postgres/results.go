@@ -27,21 +27,6 @@ type ResultPlan struct {
 	MaxRows, MaxBytes int64
 	// Policies name the policies the budgets come from, for the error.
 	Policies string
-	// Done, when set, is told how each result set ended, for the record.
-	Done func(ResultSummary)
-}
-
-// ResultSummary is how one result set reached the client.
-type ResultSummary struct {
-	Set int
-	// Rows and Bytes are what the client received.
-	Rows, Bytes int64
-	// Masked names the result columns masked by rule; Detected counts
-	// values in which a detector redacted something.
-	Masked   []string
-	Detected int64
-	// Truncated is set when a budget ended the result early.
-	Truncated bool
 }
 
 // active reports whether the plan changes anything.
@@ -100,7 +85,6 @@ type resultSet struct {
 	names   []string
 
 	rows, bytes int64
-	detected    int64
 	over        bool // a budget is spent: rows are dropped
 	// dropComplete marks the end of a COPY whose error the client already
 	// has: the server's CommandComplete is not passed on.
@@ -256,7 +240,6 @@ func (rs *resultSet) value(i int, v []byte, null bool) ([]byte, bool) {
 		if len(spans) == 0 {
 			return v, false
 		}
-		rs.detected++
 		if !mask.IsText(rs.types[i]) {
 			// Redacting part of a number, a date or a binary value leaves
 			// bytes its type may not parse: the whole value is replaced.
@@ -299,7 +282,6 @@ func (rs *resultSet) maskCopyRow(body []byte) ([]byte, error) {
 			out = copyShape(out, f)
 		case rs.actions[col] == colDetect:
 			if spans := rs.plan.Detectors.Find(f); len(spans) > 0 {
-				rs.detected++
 				out = mask.Redact(out, f, spans)
 			} else {
 				out = append(out, f...)
@@ -337,17 +319,6 @@ func copyShape(dst, f []byte) []byte {
 		dst = mask.Shape(dst, f[i:i+1])
 	}
 	return dst
-}
-
-// summary is how the set ended.
-func (rs *resultSet) summary() ResultSummary {
-	s := ResultSummary{Set: rs.set, Rows: rs.rows, Bytes: rs.bytes, Detected: rs.detected, Truncated: rs.over}
-	for i, a := range rs.actions {
-		if a == colMask {
-			s.Masked = append(s.Masked, rs.names[i])
-		}
-	}
-	return s
 }
 
 // budgetError is what the client gets in place of an oversized result's

@@ -25,7 +25,7 @@ func (g planGate) Decide(context.Context, Statement) Verdict {
 
 // emailPlan masks every column named "email" (standing in for lineage)
 // and runs the e-mail detector on the rest.
-func emailPlan(t testing.TB, done func(ResultSummary)) *ResultPlan {
+func emailPlan(t testing.TB) *ResultPlan {
 	d, err := mask.NewDetectors([]string{mask.Email})
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +33,6 @@ func emailPlan(t testing.TB, done func(ResultSummary)) *ResultPlan {
 	return &ResultPlan{
 		MaskColumn: func(_, _, _ int, name string) bool { return name == "email" || name == "" },
 		Detectors:  d,
-		Done:       done,
 	}
 }
 
@@ -108,11 +107,16 @@ var customerFields = []pgproto3.FieldDescription{
 }
 
 // TestMaskSimpleQueryRows: a rule-masked column keeps its shape, the
-// detector redacts inside the others, the rest passes, and the plan hears
-// how the set ended.
+// detector redacts inside the others, the rest passes, and the run's
+// outcome names the masked column.
 func TestMaskSimpleQueryRows(t *testing.T) {
-	var got []ResultSummary
-	s := loggedIn(t, planGate{emailPlan(t, func(r ResultSummary) { got = append(got, r) })})
+	var got []Outcome
+	plan := emailPlan(t)
+	s := loggedIn(t, GateFunc(func(context.Context, Statement) Verdict {
+		v := Allow()
+		v.Results, v.Finished = plan, func(o Outcome) { got = append(got, o) }
+		return v
+	}))
 	ctx := context.Background()
 	r := s.FromClient(ctx, enc(t, &pgproto3.Query{String: "SELECT id, email, note FROM customers"}), false)
 	if !bytes.Contains(r.Data, []byte("SELECT id")) {
@@ -134,8 +138,8 @@ func TestMaskSimpleQueryRows(t *testing.T) {
 	if row := msgs[2].(*pgproto3.DataRow); row.Values[1] != nil || string(row.Values[2]) != "vip" {
 		t.Errorf("row 2 = %q (NULL stays NULL, clean values pass)", row.Values)
 	}
-	if len(got) != 1 || got[0].Rows != 2 || strings.Join(got[0].Masked, ",") != "email" || got[0].Detected != 1 {
-		t.Errorf("summary %+v", got)
+	if len(got) != 1 || got[0].Rows != 2 || strings.Join(got[0].Masked, ",") != "email" {
+		t.Errorf("outcome %+v", got)
 	}
 }
 
@@ -144,7 +148,7 @@ func TestMaskSimpleQueryRows(t *testing.T) {
 // on its own; its answer never reaches the client, and binary rows are
 // masked with their types.
 func TestMaskExtendedAsksForDescription(t *testing.T) {
-	s := loggedIn(t, planGate{emailPlan(t, nil)})
+	s := loggedIn(t, planGate{emailPlan(t)})
 	ctx := context.Background()
 	r := s.FromClient(ctx, enc(t,
 		&pgproto3.Parse{Query: "SELECT id, email, note FROM customers WHERE id = $1"},
@@ -187,7 +191,7 @@ func TestMaskExtendedAsksForDescription(t *testing.T) {
 // server answers nothing up to Sync; the tracker drops those messages and
 // the next statement is followed correctly.
 func TestExtendedErrorSkipsToSync(t *testing.T) {
-	s := loggedIn(t, planGate{emailPlan(t, nil)})
+	s := loggedIn(t, planGate{emailPlan(t)})
 	ctx := context.Background()
 	s.FromClient(ctx, enc(t, &pgproto3.Parse{Query: "SELEC"}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'},
 		&pgproto3.Execute{}, &pgproto3.Sync{}), false)
@@ -210,7 +214,7 @@ func TestExtendedErrorSkipsToSync(t *testing.T) {
 // for means sluice lost track; rather than pass rows it cannot place, it
 // ends the session with a FATAL that says so.
 func TestUnplacedAnswerEndsSession(t *testing.T) {
-	s := loggedIn(t, planGate{emailPlan(t, nil)})
+	s := loggedIn(t, planGate{emailPlan(t)})
 	r := s.FromServer(context.Background(), enc(t, &pgproto3.DataRow{Values: [][]byte{[]byte("alice@example.com")}}), false)
 	msgs := decodeAll(t, r.Data)
 	if len(msgs) != 1 || !r.EndOfStream {
@@ -265,7 +269,7 @@ func TestResultBudget(t *testing.T) {
 // TestMaskCopyOut: COPY TO STDOUT rows in text format are masked field by
 // field; binary COPY with masking is refused without passing a row.
 func TestMaskCopyOut(t *testing.T) {
-	s := loggedIn(t, planGate{emailPlan(t, nil)})
+	s := loggedIn(t, planGate{emailPlan(t)})
 	ctx := context.Background()
 	s.FromClient(ctx, enc(t, &pgproto3.Query{String: "COPY customers TO STDOUT"}), false)
 	msgs := decodeAll(t, s.FromServer(ctx, enc(t, &pgproto3.CopyOutResponse{ColumnFormatCodes: []uint16{0, 0, 0}},
@@ -299,7 +303,7 @@ func TestMillionRowsFlatMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("streams a million rows")
 	}
-	s := loggedIn(t, planGate{emailPlan(t, nil)})
+	s := loggedIn(t, planGate{emailPlan(t)})
 	ctx := context.Background()
 	s.FromClient(ctx, enc(t, &pgproto3.Query{String: "SELECT id, email, note FROM customers"}), false)
 	s.FromServer(ctx, enc(t, &pgproto3.RowDescription{Fields: customerFields}), false)
@@ -349,7 +353,7 @@ func TestMillionRowsFlatMemory(t *testing.T) {
 // (a unique violation's DETAIL); with column rules the DETAIL is withheld,
 // and detector hits are redacted in every field, in both protocols.
 func TestMaskErrorDetails(t *testing.T) {
-	s := loggedIn(t, planGate{emailPlan(t, nil)})
+	s := loggedIn(t, planGate{emailPlan(t)})
 	ctx := context.Background()
 	dup := &pgproto3.ErrorResponse{Severity: "ERROR", Code: "23505", Message: "duplicate key value violates unique constraint \"customers_email_key\"",
 		Detail: "Key (email)=(alice@example.com) already exists."}

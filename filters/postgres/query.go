@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -597,16 +596,20 @@ func (s *Session) rewriteDenial(fr frame) (*pgproto3.ErrorResponse, bool) {
 }
 
 // tagRows is the row count a CommandComplete tag ends with ("SELECT 5",
-// "INSERT 0 3", "COPY 10"); 0 for a tag without one ("BEGIN").
+// "INSERT 0 3", "COPY 10"); 0 for a tag without one ("BEGIN"). It runs
+// once per statement, so it reads the bytes without copying them.
 func tagRows(body []byte) int64 {
-	tag := string(bytes.TrimRight(body, "\x00"))
-	i := strings.LastIndexByte(tag, ' ')
-	if i < 0 {
+	tag := bytes.TrimRight(body, "\x00")
+	digits := tag[bytes.LastIndexByte(tag, ' ')+1:]
+	if len(digits) == 0 || len(digits) > 18 || len(digits) == len(tag) {
 		return 0
 	}
-	n, err := strconv.ParseInt(tag[i+1:], 10, 64)
-	if err != nil {
-		return 0
+	var n int64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int64(c-'0')
 	}
 	return n
 }

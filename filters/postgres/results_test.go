@@ -525,3 +525,12 @@ func TestRefusedRedefinitionDoesNotRunTheOldStatement(t *testing.T) {
 		t.Fatalf("server got %q: the Execute of the redefined name must be refused", r.Data)
 	}
 }
+
+func TestTagRows(t *testing.T) {
+	for tag, want := range map[string]int64{"SELECT 5\x00": 5, "INSERT 0 3\x00": 3, "COPY 10\x00": 10, "BEGIN\x00": 0,
+		"SELECT x\x00": 0, "UPDATE \x00": 0, "12\x00": 0, "": 0} {
+		if got := tagRows([]byte(tag)); got != want {
+			t.Errorf("tagRows(%q) = %d, want %d", tag, got, want)
+		}
+	}
+}

@@ -216,7 +216,7 @@ type encodedEvent struct {
 }
 
 func encodeEvent(e Event) (encodedEvent, error) {
-	j, err := marshal(toJSON(e))
+	j, err := appendEventJSON(make([]byte, 0, encodedSizeHint(e)), e)
 	return encodedEvent{json: j, ix: indexOf(e)}, err
 }
 

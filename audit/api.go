@@ -27,7 +27,12 @@ type QueryAPIOptions struct {
 	// AuditorGroups returns auditors.groups of the config in force; it is
 	// called per request, so a reload applies at once.
 	AuditorGroups func() []string
-	Log           *slog.Logger
+	// Record, when set, receives an audit.query event for every
+	// authenticated request, allowed or refused, before it is answered: who
+	// read the audit trail is part of the trail. A request whose event
+	// cannot be recorded is refused (503).
+	Record Sink
+	Log    *slog.Logger
 	Now           func() time.Time
 }
 
@@ -57,12 +62,21 @@ func NewQueryAPI(o QueryAPIOptions) http.Handler {
 		}
 		groups := o.AuditorGroups()
 		if !slices.ContainsFunc(p.Groups, func(g string) bool { return slices.Contains(groups, g) }) {
-			apiError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("%s is not in an auditor group (auditors.groups)", p.Subject))
+			reason := fmt.Sprintf("%s is not in an auditor group (auditors.groups)", p.Subject)
+			if o.record(r, p, "deny", reason) {
+				apiError(w, http.StatusForbidden, "forbidden", reason)
+			} else {
+				apiError(w, http.StatusServiceUnavailable, "unavailable", "the audit store could not record this request")
+			}
 			return
 		}
 		f, err := FilterFromQuery(r.URL.Query(), o.Now())
 		if err != nil {
 			apiError(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		if !o.record(r, p, "allow", "") {
+			apiError(w, http.StatusServiceUnavailable, "unavailable", "the audit store could not record this request")
 			return
 		}
 		page, err := o.Store.Query(r.Context(), f)
@@ -78,6 +92,25 @@ func NewQueryAPI(o QueryAPIOptions) http.Handler {
 		_ = json.NewEncoder(w).Encode(page)
 	})
 	return mux
+}
+
+// record appends the audit.query event of a request; false if it could
+// not be recorded. Without a Record sink there is nothing to do.
+func (o QueryAPIOptions) record(r *http.Request, p policies.Principal, decision, reason string) bool {
+	if o.Record == nil {
+		return true
+	}
+	req := r.Method + " " + r.URL.Path
+	if r.URL.RawQuery != "" {
+		req += "?" + r.URL.RawQuery
+	}
+	err := o.Record.Append(r.Context(), Event{Kind: KindAuditQuery, Principal: p, Source: r.RemoteAddr,
+		Request: req, Decision: decision, Reason: reason})
+	if err != nil {
+		o.Log.Error("audit query not recorded; refused", "err", err)
+		return false
+	}
+	return true
 }
 
 func apiError(w http.ResponseWriter, status int, code, msg string) {

@@ -91,6 +91,75 @@ func TestQueryAPI(t *testing.T) {
 	}
 }
 
+// recordingSink keeps what it is given, or refuses everything when err
+// is set.
+type recordingSink struct {
+	events []Event
+	err    error
+}
+
+func (s *recordingSink) Append(_ context.Context, e Event) error {
+	if s.err != nil {
+		return s.err
+	}
+	s.events = append(s.events, e)
+	return nil
+}
+
+// TestQueryAPIRecordsReads: every authenticated read of the trail, and
+// every refused one, is itself recorded before the answer; a read that
+// cannot be recorded is refused.
+func TestQueryAPIRecordsReads(t *testing.T) {
+	s := open(t, "sqlite://"+filepath.Join(t.TempDir(), "audit.db"), newKey(t))
+	defer s.Close()
+	rec := &recordingSink{}
+	h := NewQueryAPI(QueryAPIOptions{Store: s, Record: rec,
+		Authenticate: func(r *http.Request) (policies.Principal, error) {
+			switch r.Header.Get("Authorization") {
+			case "Bearer auditor":
+				return policies.Principal{Subject: "alice", Groups: []string{"security"}}, nil
+			case "Bearer agent":
+				return policies.Principal{Subject: "agent-a", Groups: []string{"agents"}}, nil
+			}
+			return policies.Principal{}, errors.New("invalid token")
+		},
+		AuditorGroups: func() []string { return []string{"security"} },
+	})
+	get := func(token, query string) int {
+		req := httptest.NewRequest("GET", "/v1/audit?"+query, nil)
+		req.RemoteAddr = "192.0.2.7:4242"
+		req.Header.Set("Authorization", "Bearer "+token)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		return w.Code
+	}
+	if code := get("auditor", "target=orders-db&since=15m"); code != 200 {
+		t.Fatalf("auditor: %d", code)
+	}
+	if code := get("agent", "target=orders-db"); code != 403 {
+		t.Fatalf("agent: %d", code)
+	}
+	if code := get("forged", ""); code != 401 {
+		t.Fatalf("forged token: %d", code)
+	}
+	if len(rec.events) != 2 {
+		t.Fatalf("recorded %d events, want 2 (the unauthenticated request names nobody): %+v", len(rec.events), rec.events)
+	}
+	read, refused := rec.events[0], rec.events[1]
+	if read.Kind != KindAuditQuery || read.Principal.Subject != "alice" || read.Decision != "allow" ||
+		read.Request != "GET /v1/audit?target=orders-db&since=15m" || read.Source != "192.0.2.7:4242" {
+		t.Errorf("auditor's read recorded as %+v", read)
+	}
+	if refused.Kind != KindAuditQuery || refused.Principal.Subject != "agent-a" || refused.Decision != "deny" ||
+		!strings.Contains(refused.Reason, "auditor group") {
+		t.Errorf("agent's refused read recorded as %+v", refused)
+	}
+	rec.err = errors.New("store down")
+	if code := get("auditor", "target=orders-db"); code != 503 {
+		t.Errorf("read that could not be recorded answered %d, want 503", code)
+	}
+}
+
 func TestParseTime(t *testing.T) {
 	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	for in, want := range map[string]time.Time{

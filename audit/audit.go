@@ -33,6 +33,8 @@ const (
 	KindGrantRevoked  Kind = "grant.revoked"
 	KindGrantExpired  Kind = "grant.expired"
 	KindConfigReload  Kind = "config.reload"
+	// KindAuditQuery records a read of the audit trail through the API.
+	KindAuditQuery Kind = "audit.query"
 )
 
 // String returns the kind as records show it.

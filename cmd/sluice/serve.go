@@ -238,7 +238,7 @@ func (s *server) apiMux() *http.ServeMux {
 		mux.Handle(route, s.grantsAPI.Handler())
 	}
 	mux.Handle("GET /v1/audit", audit.NewQueryAPI(audit.QueryAPIOptions{
-		Store: s.audit, Authenticate: s.authenticate,
+		Store: s.audit, Record: s.audit, Authenticate: s.authenticate,
 		AuditorGroups: func() []string { return s.config().Auditors.Groups },
 		Log:           s.log.With("component", "audit-api"),
 	}))

@@ -31,6 +31,10 @@ type PolicyGate struct {
 	Grants authz.GrantStore
 	Audit  audit.Sink
 	Now    func() time.Time
+	// Views, when set, resolves the relations a statement reads so that
+	// column rules hold through views; without it a relation's name is
+	// taken to be a table's.
+	Views *ViewCatalog
 
 	// rules caches compiled masking rules per config and rule names.
 	rules perConfig[*mask.Rules]
@@ -115,15 +119,19 @@ func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies
 		ev.Decision, ev.Reason = policies.Deny.String(), err.Error()
 		return g.refuse(ctx, ev, "sluice: "+err.Error(), "Refusing rather than returning unmasked rows.", "")
 	}
-	if plan != nil {
-		plan.MaskColumn = nil
-		if pats := plan.patterns; len(pats) > 0 {
-			plan.MaskColumn = maskColumns(analysis, pats)
-		}
-	}
 	v := postgres.Allow()
 	if !runs {
 		return v // the plan that applies is the Execute's
+	}
+	if plan != nil {
+		plan.MaskColumn = nil
+		if pats := plan.patterns; len(pats) > 0 {
+			var rels *Relations
+			if g.Views != nil {
+				rels = g.Views.Relations(ctx, ev.Target, sourceNames(analysis))
+			}
+			plan.MaskColumn = maskColumns(analysis, pats, rels)
+		}
 	}
 	ev.RequestID = newRequestID()
 	if err := g.Audit.Append(ctx, ev); err != nil {
@@ -132,7 +140,12 @@ func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies
 	if plan != nil {
 		v.Results = plan.ResultPlan
 	}
-	v.Finished = func(o postgres.Outcome) { g.recordOutcome(ev, analysis, o) }
+	v.Finished = func(o postgres.Outcome) {
+		if g.Views != nil && slices.Contains(ev.Classes, policies.ClassDDL) {
+			g.Views.Invalidate(ev.Target) // a view may have been created or redefined
+		}
+		g.recordOutcome(ev, analysis, o)
+	}
 	return v
 }
 
@@ -228,8 +241,10 @@ func (g *PolicyGate) plan(cfg *policies.Config, d policies.Decision) (*statement
 // that return rows, in order; a set sluice cannot place, a column count
 // the lineage does not explain, and a source sluice cannot resolve are
 // all masked. In the columns a SELECT * expands to, the server's column
-// name says which column of the relation each one is.
-func maskColumns(a *sql.Analysis, patterns []string) func(set, i, n int, name string) bool {
+// name says which column of the relation each one is. With rels, a
+// source is also every source it stands for through views, and a
+// relation rels does not know may carry anything.
+func maskColumns(a *sql.Analysis, patterns []string, rels *Relations) func(set, i, n int, name string) bool {
 	var sets []sql.Lineage
 	if a != nil {
 		for _, st := range a.Statements {
@@ -248,9 +263,15 @@ func maskColumns(a *sql.Analysis, patterns []string) func(set, i, n int, name st
 			if star && name != "" && !src.Unknown && src.Column == "*" {
 				src.Column = name
 			}
-			for _, p := range patterns {
-				if src.Matches(p) {
-					return true
+			expanded := []sql.Source{src}
+			if rels != nil {
+				expanded = rels.Expand(src)
+			}
+			for _, s := range expanded {
+				for _, p := range patterns {
+					if s.Matches(p) {
+						return true
+					}
 				}
 			}
 		}

@@ -33,7 +33,7 @@ type QueryAPIOptions struct {
 	// cannot be recorded is refused (503).
 	Record Sink
 	Log    *slog.Logger
-	Now           func() time.Time
+	Now    func() time.Time
 }
 
 // NewQueryAPI serves GET /v1/audit: the events matching the query

@@ -103,4 +103,3 @@ func BenchmarkEncodeEvent(b *testing.B) {
 		}
 	})
 }
-

@@ -149,9 +149,27 @@ func (a *Analyzer) Analyze(query string) *Analysis {
 	if an, ok := a.cache.get(query); ok {
 		return an
 	}
+	cacheable := len(query) <= a.maxCached
+	var norm string
+	if cacheable && a.shapes.max > 0 && mayHaveConstants(query) {
+		// The same statement with other constants: its analysis is the
+		// shape's, placed in this text (shape.go says why that is safe).
+		if n, err := pg_query.Normalize(query); err == nil && n != query {
+			norm = n
+			if sh, ok := a.shapes.get(norm); ok {
+				if an := sh.instantiate(query); an != nil {
+					a.cache.put(query, an)
+					return an
+				}
+			}
+		}
+	}
 	an := a.analyze(query, 0)
-	if len(query) <= a.maxCached {
+	if cacheable {
 		a.cache.put(query, an)
+		if sh, ok := shapeOf(an); ok && norm != "" {
+			a.shapes.put(norm, sh)
+		}
 	}
 	return an
 }

@@ -9,7 +9,8 @@ import (
 // Analyzer analyses SQL. It is safe for concurrent use; one Analyzer is
 // shared by every session so that its cache serves them all.
 type Analyzer struct {
-	cache     *cache
+	cache     *cache[*Analysis]
+	shapes    *cache[shape] // by normalized text (shape.go)
 	maxCached int
 	// functions are the operator's own classifications, by "schema.name"
 	// or bare "name"; they take precedence over the built-in tables.
@@ -28,9 +29,10 @@ const (
 	DefaultMaxCachedQuery = 16 << 10
 )
 
-// WithCacheSize sets how many analyses are cached; 0 disables the cache.
+// WithCacheSize sets how many analyses are cached, and how many shapes
+// (shape.go); 0 disables both caches.
 func WithCacheSize(n int) Option {
-	return func(a *Analyzer) { a.cache = newCache(n) }
+	return func(a *Analyzer) { a.cache, a.shapes = newCache[*Analysis](n), newCache[shape](n) }
 }
 
 // WithMaxCachedQuery sets the longest query text that is cached, in bytes.
@@ -53,7 +55,8 @@ func WithFunctions(fns map[string]FunctionInfo) Option {
 // New returns an Analyzer.
 func New(opts ...Option) *Analyzer {
 	a := &Analyzer{
-		cache:     newCache(DefaultCacheSize),
+		cache:     newCache[*Analysis](DefaultCacheSize),
+		shapes:    newCache[shape](DefaultCacheSize),
 		maxCached: DefaultMaxCachedQuery,
 		functions: map[string]FunctionInfo{},
 	}

@@ -1,6 +1,10 @@
 package sql
 
-import "testing"
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
 
 var benchQueries = map[string]string{
 	"select_by_id": "SELECT id, name, email FROM users WHERE id = $1",
@@ -51,6 +55,24 @@ func BenchmarkAnalyzeCached(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				a.Analyze(q)
+			}
+		})
+	}
+}
+
+// BenchmarkAnalyzeShape measures a statement whose text is new but whose
+// shape is cached: simple-protocol agents inlining a new value each time.
+func BenchmarkAnalyzeShape(b *testing.B) {
+	for _, name := range []string{"select_by_id", "join3", "insert"} {
+		q := strings.Replace(benchQueries[name], "$1", "42", 1)
+		b.Run(name, func(b *testing.B) {
+			a := New()
+			a.Analyze(q)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				a.Analyze(strings.Replace(benchQueries[name], "$1", strconv.Itoa(i), 1))
 			}
 		})
 	}

@@ -5,42 +5,44 @@ import (
 	"sync"
 )
 
-// cache is a bounded LRU of analyses keyed by query text. Agents repeat
-// their statements, and an analysis costs a cgo parse and a fingerprint;
-// a hit costs a map lookup under a mutex.
+// cache is a bounded LRU keyed by query text: of analyses by exact text,
+// and of shapes by normalized text (shape.go). Agents repeat their
+// statements, and an analysis costs a cgo parse; a hit costs a map lookup
+// under a mutex.
 //
 // Owner: the Analyzer; safe for concurrent use, mu guards everything.
-type cache struct {
+type cache[V any] struct {
 	mu    sync.Mutex
 	max   int
 	order *list.List // of *entry, most recently used first
 	byKey map[string]*list.Element
 }
 
-type entry struct {
+type entry[V any] struct {
 	key string
-	an  *Analysis
+	v   V
 }
 
-func newCache(max int) *cache {
-	return &cache{max: max, order: list.New(), byKey: make(map[string]*list.Element)}
+func newCache[V any](max int) *cache[V] {
+	return &cache[V]{max: max, order: list.New(), byKey: make(map[string]*list.Element)}
 }
 
-func (c *cache) get(key string) (*Analysis, bool) {
+func (c *cache[V]) get(key string) (V, bool) {
+	var zero V
 	if c.max <= 0 {
-		return nil, false
+		return zero, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.byKey[key]
 	if !ok {
-		return nil, false
+		return zero, false
 	}
 	c.order.MoveToFront(e)
-	return e.Value.(*entry).an, true
+	return e.Value.(*entry[V]).v, true
 }
 
-func (c *cache) put(key string, an *Analysis) {
+func (c *cache[V]) put(key string, v V) {
 	if c.max <= 0 {
 		return
 	}
@@ -48,18 +50,18 @@ func (c *cache) put(key string, an *Analysis) {
 	defer c.mu.Unlock()
 	if e, ok := c.byKey[key]; ok {
 		c.order.MoveToFront(e)
-		e.Value.(*entry).an = an
+		e.Value.(*entry[V]).v = v
 		return
 	}
-	c.byKey[key] = c.order.PushFront(&entry{key: key, an: an})
+	c.byKey[key] = c.order.PushFront(&entry[V]{key: key, v: v})
 	for c.order.Len() > c.max {
 		last := c.order.Back()
 		c.order.Remove(last)
-		delete(c.byKey, last.Value.(*entry).key)
+		delete(c.byKey, last.Value.(*entry[V]).key)
 	}
 }
 
-func (c *cache) len() int {
+func (c *cache[V]) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.order.Len()

@@ -13,6 +13,9 @@
 //
 //	sluice session                     Analyzer
 //	   │ Analyze(query) ───────────────▶ │ cache hit? ── yes ─▶ shared *Analysis
+//	   │                                  │ same statement, other constants?
+//	   │                                  │   (Normalize; shape.go) ── yes ─▶ the
+//	   │                                  │   shape's analysis in this text
 //	   │                                  │ pg_query.Parse (cgo)
 //	   │                                  │ per statement: walk (classes, tables,
 //	   │                                  │   functions), lineage, lazy fingerprint

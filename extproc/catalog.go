@@ -51,14 +51,17 @@ type ViewCatalog struct {
 }
 
 type targetCatalog struct {
-	mu   sync.Mutex // one load at a time
-	rels *Relations
+	mu       sync.Mutex // one load at a time
+	rels     *Relations
+	failures int // loads failed in a row
 }
 
 // Relations is one target's relations as one load saw them.
 type Relations struct {
 	at     time.Time
+	source string                 // upstream/database/user it was read from
 	err    error                  // the load failed: every named source is Unknown
+	retry  time.Duration          // after a failure, when to try again
 	byName map[string][]*relation // lower-cased name
 }
 
@@ -124,20 +127,35 @@ func (vc *ViewCatalog) Relations(ctx context.Context, target string, names []str
 	}
 	vc.mu.Unlock()
 
+	t, ok := vc.Config().Target(target)
+	if !ok || t.Kind != policies.KindPostgres {
+		return &Relations{err: fmt.Errorf("no postgres target %q", target)}
+	}
+	source := t.Upstream + "/" + t.Database + "/" + t.Credentials.User
+
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if r := tc.rels; r != nil {
-		switch age := vc.Now().Sub(r.at); {
-		case age < vc.MinReload:
-			return r // loaded (or failed) just now: names it lacks stay unknown
-		case age < vc.TTL && r.err == nil && r.holds(names):
-			return r
+	now := vc.Now()
+	if r := tc.rels; r != nil && r.source == source {
+		age := now.Sub(r.at)
+		if r.err != nil && age < r.retry {
+			return r // failed just now: everything stays masked until the retry
+		}
+		if r.err == nil && (age < vc.MinReload || age < vc.TTL && r.holds(names)) {
+			return r // names it lacks stay unknown until MinReload has passed
 		}
 	}
-	r := vc.load(ctx, target)
-	r.at = vc.Now()
+	r := vc.load(ctx, t)
+	r.at, r.source = vc.Now(), source
 	if r.err != nil {
-		vc.Log.Warn("view catalog not loaded; masking every column a rule could name", "target", target, "err", r.err)
+		// Back off (MinReload, doubling, up to TTL): a target sluice
+		// cannot reach must not make every statement wait for a connect.
+		tc.failures++
+		r.retry = min(vc.MinReload<<min(tc.failures-1, 16), vc.TTL)
+		vc.Log.Warn("view catalog not loaded; masking every column a rule could name", "target", target,
+			"err", r.err, "retry_in", r.retry)
+	} else {
+		tc.failures = 0
 	}
 	tc.rels = r
 	return r
@@ -156,12 +174,7 @@ func (vc *ViewCatalog) Invalidate(target string) {
 	}
 }
 
-func (vc *ViewCatalog) load(ctx context.Context, target string) *Relations {
-	cfg := vc.Config()
-	t, ok := cfg.Target(target)
-	if !ok || t.Kind != policies.KindPostgres {
-		return &Relations{err: fmt.Errorf("no postgres target %q", target)}
-	}
+func (vc *ViewCatalog) load(ctx context.Context, t *policies.Target) *Relations {
 	ctx, cancel := context.WithTimeout(ctx, vc.Timeout)
 	defer cancel()
 	conn, err := connectTarget(ctx, t)

@@ -13,7 +13,11 @@ import (
 	"github.com/sluicehq/sluice/test/testenv"
 )
 
-func catalogConfig(t *testing.T, upstream, user string) func() *policies.Config {
+func catalogConfig(t *testing.T, upstream, user string, database ...string) func() *policies.Config {
+	db := "cat"
+	if len(database) > 0 {
+		db = database[0]
+	}
 	t.Helper()
 	cfg, err := policies.Load("t.yaml", []byte(fmt.Sprintf(`
 server: { xds: 127.0.0.1:18000, authz: 127.0.0.1:9001, extproc: 127.0.0.1:9002, api: 127.0.0.1:8080 }
@@ -21,10 +25,10 @@ envoy: { node: t }
 identity:
   issuers: [{ issuer: https://idp.example.com, audiences: [sluice] }]
 targets:
-  - { name: orders-db, kind: postgres, port: 15432, upstream: %q, database: cat, credentials: { user: %s } }
+  - { name: orders-db, kind: postgres, port: 15432, upstream: %q, database: %s, credentials: { user: %s } }
 policies:
   - { name: p, targets: [orders-db], principals: { groups: [agents] }, allow: [read] }
-`, upstream, user)))
+`, upstream, db, user)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +112,19 @@ func TestViewCatalog(t *testing.T) {
 		t.Errorf("redefined view stands for %q", got)
 	}
 	now = now.Add(31 * time.Second)
-	if vc.Relations(ctx, "orders-db", nil) == r4 {
+	r5 := vc.Relations(ctx, "orders-db", nil)
+	if r5 == r4 {
 		t.Error("not reloaded after TTL")
+	}
+	// A reload that points the target at another database reads that one.
+	pg.CreateDatabase("cat2")
+	vc.Config = catalogConfig(t, fmt.Sprintf("127.0.0.1:%d", pg.Port), pg.User, "cat2")
+	r6 := vc.Relations(ctx, "orders-db", nil)
+	if r6 == r5 || r6.Err() != nil {
+		t.Fatalf("not reloaded after the target changed: %v", r6.Err())
+	}
+	if got := strings.Join(expanded(r6, sql.Source{Table: "v1", Column: "contact"}), " "); got != "? v1.contact" {
+		t.Errorf("v1 of the old database still known: %q", got)
 	}
 }
 
@@ -133,12 +148,22 @@ func TestViewCatalogUnavailable(t *testing.T) {
 	if !maskColumns(sql.New().Analyze("SELECT name FROM customers"), []string{"customers.email"}, r)(0, 0, 1, "name") {
 		t.Error("with no catalog, a column a rule could name was not masked")
 	}
-	pg.Start()
-	pg.AdminExec(t, "cat", "CREATE TABLE customers (name text, email text)")
 	if vc.Relations(ctx, "orders-db", nil) != r {
 		t.Error("a failed load retried within MinReload")
 	}
-	now = now.Add(2 * time.Second)
+	// Failures back off: 1 s, then 2 s.
+	now = now.Add(1500 * time.Millisecond)
+	rFail2 := vc.Relations(ctx, "orders-db", nil)
+	if rFail2 == r || rFail2.Err() == nil {
+		t.Fatal("not retried after MinReload, or loaded from a stopped server")
+	}
+	now = now.Add(1500 * time.Millisecond)
+	if vc.Relations(ctx, "orders-db", nil) != rFail2 {
+		t.Error("the second failure did not back off to 2 s")
+	}
+	pg.Start()
+	pg.AdminExec(t, "cat", "CREATE TABLE customers (name text, email text)")
+	now = now.Add(time.Second)
 	r2 := vc.Relations(ctx, "orders-db", nil)
 	if r2.Err() != nil {
 		t.Fatalf("not retried: %v", r2.Err())

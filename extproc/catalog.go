@@ -227,15 +227,27 @@ func (vc *ViewCatalog) viewLineage(def *string) (sql.Lineage, bool) {
 }
 
 // connectTarget opens a connection to a postgres target as sluice: its
-// upstream address, database and credentials.
+// upstream address, database and credentials, and, for a target Envoy
+// speaks TLS to, the same TLS: the client certificate, and the server
+// verified against upstream_ca_file (targetTLS). Other targets get TLS
+// when the server offers it, unverified, as libpq's default.
 func connectTarget(ctx context.Context, t *policies.Target) (*pgx.Conn, error) {
 	host, port, err := net.SplitHostPort(t.Upstream)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %q: %w", t.Upstream, err)
 	}
-	pc, err := pgx.ParseConfig("sslmode=prefer")
+	mode := "sslmode=prefer"
+	if t.UpstreamTLS() {
+		mode = "sslmode=disable" // TLSConfig below, with no clear-text fallback
+	}
+	pc, err := pgx.ParseConfig(mode)
 	if err != nil {
 		return nil, err
+	}
+	if t.UpstreamTLS() {
+		if pc.TLSConfig, err = targetTLS(t, host); err != nil {
+			return nil, err
+		}
 	}
 	p, err := strconv.ParseUint(port, 10, 16)
 	if err != nil {

@@ -110,7 +110,9 @@ func (c *connection) start(ctx context.Context, req *netextprocv3.ProcessingRequ
 		SessionID: c.id,
 		Upstream: postgres.Upstream{
 			User: t.Credentials.User, Database: t.Database,
-			Password: t.Credentials.Password().Resolve,
+			Password:   t.Credentials.Password().Resolve,
+			TLS:        t.UpstreamTLS(),
+			ClientCert: t.Credentials.ClientCertFile != "",
 		},
 		Auth:    &authenticator{conn: c, cfg: cfg},
 		Gate:    c.srv.opts.Gate,

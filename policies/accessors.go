@@ -3,6 +3,7 @@ package policies
 import (
 	"net"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -72,4 +73,21 @@ func resolvePaths(c *Config, dir string) {
 			abs(&t.TLS.KeyFile)
 		}
 	}
+}
+
+// UpstreamTLS reports whether Envoy speaks TLS to the target's server. For
+// an http target that is an https:// upstream. For a postgres target it is
+// a client certificate or a CA to verify the server with: postgres_proxy
+// then asks the server for TLS itself (upstream_ssl REQUIRE) and the
+// cluster's starttls transport socket switches to TLS when the server
+// agrees, since a Postgres connection starts in clear text
+// (envoy-contract.md section 5, "Upstream REQUIRE").
+func (t *Target) UpstreamTLS() bool {
+	switch t.Kind {
+	case KindPostgres:
+		return t.Credentials.ClientCertFile != "" || t.UpstreamCAFile != ""
+	case KindHTTP:
+		return strings.HasPrefix(t.Upstream, "https://")
+	}
+	return false
 }

@@ -172,10 +172,16 @@ type Target struct {
 	// TLS is the certificate Envoy presents to agents (postgres: through
 	// SSLRequest/starttls; http: on the listener).
 	TLS *TLS `yaml:"tls"`
-	// UpstreamCAFile verifies an https upstream (http only). Without it the
-	// system trust store is used.
+	// UpstreamCAFile verifies the upstream's certificate chain, and its name
+	// (upstream_sni, else the upstream's host). For http it applies to an
+	// https upstream, which without it is verified against the system trust
+	// store. For postgres it turns TLS to the server on (as a client
+	// certificate does); without it the server is not verified, as libpq's
+	// sslmode=require.
 	UpstreamCAFile string `yaml:"upstream_ca_file"`
-	// UpstreamSNI overrides the SNI sent to an https upstream.
+	// UpstreamSNI is the SNI sent to the upstream and the name its
+	// certificate must carry; by default the upstream's host name (an IP
+	// address is never sent as SNI). Postgres: only with TLS to the server.
 	UpstreamSNI string `yaml:"upstream_sni"`
 	// API says what an http target speaks, for classification and
 	// masking: "" for any HTTP API (method and path rules), "kubernetes"
@@ -204,7 +210,9 @@ type Credentials struct {
 	// X-API-Key.
 	Header string `yaml:"header"`
 	// ClientCertFile and ClientKeyFile authenticate to the upstream with a
-	// certificate (postgres cert auth or mutual TLS to an https upstream).
+	// certificate: mutual TLS to an https upstream, or, for postgres, TLS to
+	// the server (postgres_proxy upstream_ssl REQUIRE) presenting it, which
+	// pg_hba.conf's cert method accepts without a password.
 	ClientCertFile string `yaml:"client_cert_file"`
 	ClientKeyFile  string `yaml:"client_key_file"`
 }

@@ -277,16 +277,22 @@ func (v *validator) targets(c *Config) {
 			if t.RequestTimeout != nil {
 				v.errorf(key+".request_timeout", "is for http targets; postgres targets use idle_timeout")
 			}
-			if t.UpstreamCAFile != "" || t.UpstreamSNI != "" {
-				v.errorf(key+".upstream_ca_file", "upstream TLS settings are for http targets")
-			}
 			if t.API != APIGeneric {
 				v.errorf(key+".api", "is for http targets")
 			}
-			if t.Credentials.ClientCertFile != "" {
-				// Envoy would need an upstream starttls cluster to present it;
-				// refusing beats silently connecting without it.
-				v.errorf(key+".credentials.client_cert_file", "upstream TLS to Postgres is not supported yet; certificate authentication cannot be configured")
+			if t.UpstreamCAFile != "" {
+				v.readable(key+".upstream_ca_file", t.UpstreamCAFile)
+			}
+			if t.UpstreamSNI != "" && !t.UpstreamTLS() {
+				v.errorf(key+".upstream_sni", "needs TLS to the server: set credentials.client_cert_file or upstream_ca_file")
+			}
+			if t.UpstreamTLS() && t.TLS == nil {
+				// Without a certificate of its own, postgres_proxy passes a
+				// client's SSLRequest through and stops reading the
+				// connection, so it would never ask the server for TLS; and
+				// sluice could not tell that SSLRequest from postgres_proxy's
+				// own (envoy-contract.md section 5).
+				v.errorf(key+".tls", "required when Envoy speaks TLS to the server (credentials.client_cert_file or upstream_ca_file): Envoy must terminate the agents' TLS to negotiate the server's")
 			}
 			if t.IdleTimeout < 0 {
 				v.errorf(key+".idle_timeout", "must not be negative")

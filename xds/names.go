@@ -62,10 +62,12 @@ func RouteName(target string) string { return target }
 // Envoy presents to agents on target's listener.
 func DownstreamCertSecret(target string) string { return target + "-downstream-cert" }
 
-// UpstreamCASecret is the SDS secret holding the CA bundle that verifies an
-// https target's upstream (from upstream_ca_file).
+// UpstreamCASecret is the SDS secret holding the CA bundle that verifies a
+// target's upstream (from upstream_ca_file): an https upstream, or a
+// Postgres server Envoy speaks TLS to.
 func UpstreamCASecret(target string) string { return target + "-upstream-ca" }
 
 // UpstreamClientCertSecret is the SDS secret holding the client
-// certificate Envoy presents to an https upstream (mutual TLS).
+// certificate Envoy presents to an https upstream (mutual TLS) or to a
+// Postgres server (pg_hba.conf cert).
 func UpstreamClientCertSecret(target string) string { return target + "-upstream-client-cert" }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	postgresv3alpha "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/network/postgres_proxy/v3alpha"
@@ -20,7 +21,7 @@ import (
 )
 
 // postgres adds a Postgres target's listener, upstream cluster and, with
-// TLS, its certificate secret. The chain is
+// TLS, its certificate secrets. The chain is
 //
 //	postgres_proxy → ext_authz → ext_proc → tcp_proxy
 //
@@ -28,6 +29,19 @@ import (
 // (envoy-contract.md section 0.1), so ext_proc sees the client's bytes
 // after postgres_proxy has removed TLS, and the server's bytes before
 // postgres_proxy does (section 5, "Ordering").
+//
+// With TLS to the server (credentials.client_cert_file or
+// upstream_ca_file) the chain is
+//
+//	ext_authz → postgres_proxy → ext_proc → tcp_proxy
+//
+// because postgres_proxy then sends the server an SSLRequest of its own
+// (injectReadDataToFilterChain) before any client byte passes it, and
+// ext_authz, which waits for its first bytes and then resumes with the
+// connection's read buffer (continueReading), would swallow injected
+// bytes: the SSLRequest would never reach the server (section 5,
+// "Upstream REQUIRE"). sluice's connection check reads only addresses,
+// which are known before the first byte.
 func (t *translator) postgres(tg *policies.Target) {
 	host, port, err := hostPort(tg.Upstream)
 	if err != nil {
@@ -44,9 +58,10 @@ func (t *translator) postgres(tg *policies.Target) {
 		// nothing reads. Off, so there is one parser and one truth.
 		EnableSqlParsing: wrapperspb.Bool(false),
 		DownstreamSsl:    postgresv3alpha.PostgresProxy_DISABLE,
-		// TLS towards the upstream Postgres is not generated yet: it needs
-		// an UpstreamStartTlsConfig cluster (section 5, "Upstream REQUIRE").
-		UpstreamSsl: postgresv3alpha.PostgresProxy_DISABLE,
+		UpstreamSsl:      postgresv3alpha.PostgresProxy_DISABLE,
+	}
+	if tg.UpstreamTLS() {
+		pg.UpstreamSsl = postgresv3alpha.PostgresProxy_REQUIRE
 	}
 	if tg.TLS != nil {
 		pg.DownstreamSsl = postgresv3alpha.PostgresProxy_ALLOW
@@ -99,6 +114,9 @@ func (t *translator) postgres(tg *policies.Target) {
 		t.filter(filterNetExtProc, extproc),
 		t.filter(filterTCPProxy, tcp),
 	}}
+	if tg.UpstreamTLS() {
+		chain.Filters[0], chain.Filters[1] = chain.Filters[1], chain.Filters[0]
+	}
 	if tg.TLS != nil {
 		// postgres_proxy answers SSLRequest with 'S' and then switches the
 		// connection to TLS, which only a starttls transport socket can do
@@ -116,7 +134,59 @@ func (t *translator) postgres(tg *policies.Target) {
 	}
 
 	t.res.Listeners = append(t.res.Listeners, t.listener(tg, chain))
-	t.res.Clusters = append(t.res.Clusters, t.cluster(ClusterName(name), host, port))
+	c := t.cluster(ClusterName(name), host, port)
+	if tg.UpstreamTLS() {
+		// A Postgres connection starts in clear text (postgres_proxy's
+		// SSLRequest, the server's 'S'); postgres_proxy then calls
+		// startUpstreamSecureTransport, which only a starttls socket
+		// implements. Without it the connection is closed (section 5).
+		c.TransportSocket = t.transportSocket(socketStartTLS, &starttlsv3.UpstreamStartTlsConfig{
+			CleartextSocketConfig: &rawbufferv3.RawBuffer{},
+			TlsSocketConfig:       t.postgresUpstreamTLS(tg, host),
+		})
+	}
+	t.res.Clusters = append(t.res.Clusters, c)
+}
+
+// postgresUpstreamTLS is the TLS context Envoy speaks to a Postgres server
+// with, as libpq would with the same settings: the client certificate
+// (SDS "<target>-upstream-client-cert") when one is configured; with
+// upstream_ca_file, the chain verified against it (SDS
+// "<target>-upstream-ca") and the name against upstream_sni or the host (a
+// DNS SAN for a name, an IP SAN for an address), which is sslmode
+// verify-full; without it, no verification, which is sslmode require. SNI
+// is upstream_sni or the host name, never an IP address (RFC 6066 section
+// 3); Envoy sends none unless told.
+func (t *translator) postgresUpstreamTLS(tg *policies.Target, host string) *tlsv3.UpstreamTlsContext {
+	common := &tlsv3.CommonTlsContext{}
+	sni := host
+	san := &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: exact(host)}
+	if _, err := netip.ParseAddr(host); err == nil {
+		sni = ""
+		san.SanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+	}
+	if tg.UpstreamSNI != "" {
+		sni = tg.UpstreamSNI
+		san = &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS, Matcher: exact(tg.UpstreamSNI)}
+	}
+	if tg.UpstreamCAFile != "" {
+		secret := UpstreamCASecret(tg.Name)
+		t.caSecret(secret, tg.UpstreamCAFile)
+		common.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{
+					MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san},
+				},
+				ValidationContextSdsSecretConfig: sdsSecret(secret),
+			},
+		}
+	}
+	if tg.Credentials.ClientCertFile != "" {
+		secret := UpstreamClientCertSecret(tg.Name)
+		t.certSecret(secret, tg.Credentials.ClientCertFile, tg.Credentials.ClientKeyFile)
+		common.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sdsSecret(secret)}
+	}
+	return &tlsv3.UpstreamTlsContext{CommonTlsContext: common, Sni: sni}
 }
 
 // postgresMessageTimeout is how long network ext_proc waits for sluice to

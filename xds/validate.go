@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	postgresv3alpha "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/network/postgres_proxy/v3alpha"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -37,13 +38,19 @@ import (
 //     delayed connect modes need max_early_data_bytes; the HCM's last HTTP
 //     filter is the router; a downstream TLS context has a certificate;
 //     postgres_proxy terminating TLS needs a starttls transport socket
-//     (section 5);
+//     (section 5); postgres_proxy asking the server for TLS (upstream_ssl
+//     REQUIRE) needs its tcp_proxy cluster to have a starttls transport
+//     socket and no ext_authz after it, which would swallow the SSLRequest
+//     postgres_proxy injects;
 //   - sluice's fail-closed rule: no ext_authz or ext_proc has
 //     failure_mode_allow set (design.md section 2);
 //   - references: every cluster, route configuration and SDS secret a
 //     resource names exists, and no two resources of a type share a name.
 func (r *Resources) Validate() error {
-	v := &validator{refs: map[string]map[string]string{}}
+	v := &validator{refs: map[string]map[string]string{}, clusters: map[string]*clusterv3.Cluster{}}
+	for _, c := range r.Clusters {
+		v.clusters[c.GetName()] = c
+	}
 	defined := map[string]map[string]bool{"cluster": {}, "route": {}, "secret": {}, "listener": {}}
 	def := func(kind, name string) {
 		if defined[kind][name] {
@@ -94,6 +101,9 @@ type validator struct {
 	refs map[string]map[string]string
 	// where is the resource being walked, for messages.
 	where string
+	// clusters are the resources' clusters by name, for checks that span
+	// a listener and its upstream.
+	clusters map[string]*clusterv3.Cluster
 }
 
 func (v *validator) errorf(format string, args ...any) {
@@ -240,18 +250,38 @@ func (v *validator) failClosed(at string, allow bool) {
 	}
 }
 
-// startTLS checks that a chain whose postgres_proxy terminates TLS has the
-// starttls transport socket that makes termination possible.
+// startTLS checks what postgres_proxy's TLS needs and Envoy finds out only
+// per connection, by closing it: terminating the client's TLS needs the
+// chain's starttls transport socket; asking the server for TLS needs the
+// upstream cluster's starttls transport socket (startUpstreamSecureTransport)
+// and no ext_authz after postgres_proxy, since ext_authz resumes with the
+// connection's read buffer and so drops the SSLRequest postgres_proxy
+// injects (envoy-contract.md section 5).
 func (v *validator) startTLS(at string, chain *listenerv3.FilterChain) {
+	upstreamSSL := false
 	for _, f := range chain.GetFilters() {
-		if f.GetName() != filterPostgres {
-			continue
-		}
-		pg := &postgresv3alpha.PostgresProxy{}
-		if f.GetTypedConfig().MessageIs(pg) && f.GetTypedConfig().UnmarshalTo(pg) == nil &&
-			pg.GetDownstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE &&
-			chain.GetTransportSocket().GetName() != socketStartTLS {
-			v.errorf("%s: postgres_proxy downstream_ssl %s needs transport socket %s", at, pg.GetDownstreamSsl(), socketStartTLS)
+		switch f.GetName() {
+		case filterPostgres:
+			pg := &postgresv3alpha.PostgresProxy{}
+			if !f.GetTypedConfig().MessageIs(pg) || f.GetTypedConfig().UnmarshalTo(pg) != nil {
+				continue
+			}
+			if pg.GetDownstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE && chain.GetTransportSocket().GetName() != socketStartTLS {
+				v.errorf("%s: postgres_proxy downstream_ssl %s needs transport socket %s", at, pg.GetDownstreamSsl(), socketStartTLS)
+			}
+			upstreamSSL = pg.GetUpstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE
+		case filterNetAuthz:
+			if upstreamSSL {
+				v.errorf("%s: network ext_authz after postgres_proxy with upstream_ssl would drop the SSLRequest postgres_proxy injects; put it first", at)
+			}
+		case filterTCPProxy:
+			tcp := &tcpproxyv3.TcpProxy{}
+			if !upstreamSSL || !f.GetTypedConfig().MessageIs(tcp) || f.GetTypedConfig().UnmarshalTo(tcp) != nil {
+				continue
+			}
+			if c := v.clusters[tcp.GetCluster()]; c != nil && c.GetTransportSocket().GetName() != socketStartTLS {
+				v.errorf("%s: postgres_proxy upstream_ssl needs cluster %q to have transport socket %s", at, tcp.GetCluster(), socketStartTLS)
+			}
 		}
 	}
 }

@@ -25,7 +25,7 @@ type Login struct {
 	// Startup is the client's StartupMessage parameters as it sent them.
 	Startup map[string]string
 	// Mode is the target's authentication method (trust, password, md5,
-	// scram-sha-256), for the record.
+	// scram-sha-256, cert), for the record.
 	Mode string
 }
 
@@ -82,10 +82,13 @@ func (s *Session) onAuthRequest(fr frame) {
 	}
 	switch authType(fr) {
 	case pgproto3.AuthTypeOk:
-		// trust: the server is done; its messages wait until the token is
-		// verified, and the Sync technique gives the write slot to release
-		// them.
+		// trust or cert: the server is done; its messages wait until the
+		// token is verified, and the Sync technique gives the write slot to
+		// release them.
 		s.mode = modeTrust
+		if s.cfg.Upstream.ClientCert && s.upstreamTLS {
+			s.mode = modeCert
+		}
 		s.authOK = true
 		s.held = append(s.held, fr.raw...)
 	case pgproto3.AuthTypeCleartextPassword:
@@ -110,7 +113,7 @@ func (s *Session) onAuthRequest(fr frame) {
 			fmt.Sprintf("sluice: target %s asks for authentication method %d, which sluice does not support (trust, password, md5, scram-sha-256)", s.cfg.Target, authType(fr)), "", ""))
 		return
 	}
-	if s.mode != modeTrust {
+	if !s.mode.acceptedAtStartup() {
 		// Resolved now, while there is a write slot to say it is missing.
 		pw, err := s.resolvePassword()
 		if err != nil {
@@ -164,7 +167,7 @@ func (s *Session) onPasswordMessage(ctx context.Context, fr frame) {
 	}
 	s.token, s.identity, s.authed = pm.Password, id, true
 	switch s.mode {
-	case modeTrust:
+	case modeTrust, modeCert:
 		s.sendServer(&pgproto3.Sync{})
 		s.phase = phaseTrustSync
 	case modeCleartext:
@@ -193,14 +196,14 @@ func (s *Session) onPasswordMessage(ctx context.Context, fr frame) {
 //     rather than as a wrong password for the target's role;
 //   - SCRAM, first round: a SASL mechanism it did not offer;
 //   - SCRAM, second round: a malformed client-final message;
-//   - trust: the server has already accepted; a Sync makes it answer
-//     ReadyForQuery, and Terminate then ends the backend.
+//   - trust or cert: the server has already accepted; a Sync makes it
+//     answer ReadyForQuery, and Terminate then ends the backend.
 func (s *Session) refuse(e *AuthError) {
 	s.refusal = fatal(e.SQLState, e.Reason, e.Detail, e.Hint)
 	switch {
 	case s.phase == phaseClientTokenAgain:
 		s.sendServer(&pgproto3.SASLResponse{Data: []byte(refusedMechanism)})
-	case s.mode == modeTrust:
+	case s.mode.acceptedAtStartup():
 		s.sendServer(&pgproto3.Sync{})
 		s.sendServer(&pgproto3.Terminate{})
 	case s.mode == modeSCRAM:
@@ -219,7 +222,7 @@ func (s *Session) onRefusingServer(fr frame) {
 	case 'E':
 		s.endWith(s.refusal)
 	case 'Z':
-		if s.mode == modeTrust && !s.heldRFQ {
+		if s.mode.acceptedAtStartup() && !s.heldRFQ {
 			s.heldRFQ = true // the server's own, not the Sync's answer
 			return
 		}
@@ -235,7 +238,7 @@ func (s *Session) onServerWhileClientAsked(fr frame) {
 		s.endWith(s.upstreamRefused(decodeError(fr.body)))
 		return
 	}
-	if s.mode != modeTrust {
+	if !s.mode.acceptedAtStartup() {
 		s.endWith(s.unexpected(fr))
 		return
 	}

@@ -30,6 +30,7 @@ import (
 //	server-gets|client-gets eos      the reply ends the stream
 //	server-gets|client-gets nothing  the reply carries no bytes
 //	closed                    the reply closes the connection
+//	config upstream_tls|client_cert  the session's Upstream.TLS, ClientCert
 //
 // Consecutive input lines of one direction are one chunk; the expectation
 // lines after it describe the one reply to it, which must carry exactly
@@ -182,6 +183,8 @@ func loadConversation(t testing.TB, path string) []step {
 		where := fmt.Sprintf("%s:%d", filepath.Base(path), n)
 		dir, rest, _ := strings.Cut(line, " ")
 		switch dir {
+		case "config":
+			// Read by conversationConfig.
 		case "client", "server":
 			if cur == nil || cur.dir != dir || cur.answered {
 				steps = append(steps, step{where: where, dir: dir})
@@ -258,9 +261,37 @@ func describe(b []byte, startup bool) string {
 	return strings.Join(parts, " ")
 }
 
-func runConversation(t *testing.T, steps []step, bytewise bool) {
+// conversationConfig is testConfig with a conversation's config lines
+// applied.
+func conversationConfig(t testing.TB, path string) Config {
 	t.Helper()
-	s := New(testConfig())
+	cfg := testConfig()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		opts, ok := strings.CutPrefix(strings.TrimSpace(line), "config ")
+		if !ok {
+			continue
+		}
+		for _, o := range strings.Fields(opts) {
+			switch o {
+			case "upstream_tls":
+				cfg.Upstream.TLS = true
+			case "client_cert":
+				cfg.Upstream.ClientCert = true
+			default:
+				t.Fatalf("%s: unknown config %q", path, o)
+			}
+		}
+	}
+	return cfg
+}
+
+func runConversation(t *testing.T, cfg Config, steps []step, bytewise bool) {
+	t.Helper()
+	s := New(cfg)
 	ctx := context.Background()
 	for _, st := range steps {
 		var got Reply
@@ -331,10 +362,10 @@ func TestConversations(t *testing.T) {
 		t.Fatal("no conversations")
 	}
 	for _, path := range files {
-		steps := loadConversation(t, path)
+		steps, cfg := loadConversation(t, path), conversationConfig(t, path)
 		name := strings.TrimSuffix(filepath.Base(path), ".txt")
-		t.Run(name, func(t *testing.T) { runConversation(t, steps, false) })
-		t.Run(name+"/bytewise", func(t *testing.T) { runConversation(t, steps, true) })
+		t.Run(name, func(t *testing.T) { runConversation(t, cfg, steps, false) })
+		t.Run(name+"/bytewise", func(t *testing.T) { runConversation(t, cfg, steps, true) })
 	}
 }
 

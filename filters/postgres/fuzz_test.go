@@ -50,8 +50,13 @@ func FuzzSession(f *testing.F) {
 	for _, path := range seeds {
 		f.Add(fuzzInput(loadConversation(f, path)))
 	}
+	// The same chunks also reach a session of a target Envoy speaks TLS
+	// to with a client certificate, whose first exchange differs.
+	tlsConfig := testConfig()
+	tlsConfig.Upstream.TLS, tlsConfig.Upstream.ClientCert = true, true
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fuzzSessions(t, in, New(testConfig()), New(testConfig()))
+		fuzzSessions(t, in, New(tlsConfig), New(tlsConfig))
 	})
 }
 

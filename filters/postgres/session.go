@@ -34,8 +34,21 @@ type Upstream struct {
 	User     string
 	Database string
 	// Password resolves the target's password when the server asks for
-	// one (trust asks for none, so a trust target needs none configured).
+	// one (trust and cert ask for none, so such a target needs none
+	// configured).
 	Password func() (string, error)
+	// TLS is set when Envoy speaks TLS to the target: postgres_proxy
+	// (upstream_ssl REQUIRE) keeps the client's StartupMessage and sends
+	// the server an SSLRequest of its own, which is then the first client
+	// chunk sluice sees; the server's one-byte answer is the write chunk
+	// after it, and on 'S' postgres_proxy switches the upstream connection
+	// to TLS and sends the StartupMessage on (envoy-contract.md section 5).
+	TLS bool
+	// ClientCert is set when Envoy presents the target a client
+	// certificate. A server that accepts it (pg_hba.conf cert) answers the
+	// StartupMessage with AuthenticationOk at once, which is recorded as
+	// mode "cert" rather than "trust".
+	ClientCert bool
 }
 
 // Config is what one session needs. Without Auth every login is refused,
@@ -91,6 +104,9 @@ type Session struct {
 	// probes are the negotiation requests already spent on the server,
 	// which answers each kind once (ProcessStartupPacket).
 	sslProbed, gssProbed bool
+	// upstreamTLS is set once the server agreed to Envoy's SSLRequest
+	// (Upstream.TLS): what follows is inside TLS below Envoy.
+	upstreamTLS bool
 
 	token    string
 	identity Identity
@@ -157,6 +173,14 @@ func randomNonce() string {
 func (s *Session) FromClient(ctx context.Context, data []byte, eos bool) Reply {
 	if s.endServer || s.phase == phaseEnded {
 		return s.endedReply(true)
+	}
+	if s.phase == phaseUpstreamTLS && len(data) > 0 {
+		// postgres_proxy drops out of sync on client bytes while it waits
+		// for the server's answer, and would then pass that answer, and
+		// everything after it, through unread: the client could speak TLS
+		// to the target past sluice. Nothing may pass.
+		r, _ := s.closeNow("client sent bytes while Envoy asked the target for TLS")
+		return r
 	}
 	s.toServer.begin(aliasing(&s.client, data))
 	s.client.push(data)
@@ -290,6 +314,8 @@ func (s *Session) onServer(ctx context.Context, fr frame) {
 	switch s.phase {
 	case phaseNegotiating:
 		s.onNegotiationAnswer(fr)
+	case phaseUpstreamTLS:
+		s.onUpstreamTLSAnswer(fr)
 	case phaseServerAuth:
 		s.onAuthRequest(fr)
 	case phaseClientToken, phaseTrustSync:

@@ -23,6 +23,19 @@ const (
 // slot yet (the server has said nothing), so a refusal here can only
 // close the connection.
 func (s *Session) onStartupPacket(fr frame) (Reply, bool) {
+	if s.cfg.Upstream.TLS && !s.upstreamTLS {
+		switch fr.code() {
+		case codeSSLRequest:
+			return s.onEnvoySSLRequest(fr)
+		case codeProtocol30, codeProtocol32:
+			// postgres_proxy always asks the server for TLS first, so this
+			// StartupMessage would go to the target in clear text.
+			return s.closeNow(fmt.Sprintf("target %s takes TLS from Envoy, but the StartupMessage came without postgres_proxy's SSLRequest (is its upstream_ssl REQUIRE?)", s.cfg.Target))
+		}
+	}
+	if s.upstreamTLS && (fr.code() == codeSSLRequest || fr.code() == codeGSSENCRequest) {
+		return s.closeNow("client asked for encryption after Envoy's TLS to the target was set up")
+	}
 	switch fr.code() {
 	case codeSSLRequest, codeGSSENCRequest:
 		return s.onNegotiationRequest(fr)
@@ -32,6 +45,42 @@ func (s *Session) onStartupPacket(fr frame) (Reply, bool) {
 		return s.onStartupMessage(fr)
 	}
 	return s.closeNow(fmt.Sprintf("client sent startup code %d, which is not a protocol sluice speaks", fr.code()))
+}
+
+// onEnvoySSLRequest passes postgres_proxy's own SSLRequest to the server.
+// With Upstream.TLS the first SSLRequest can only be Envoy's: the target's
+// listener terminates the client's TLS (policies require it), so a
+// client's SSLRequest never gets past postgres_proxy.
+func (s *Session) onEnvoySSLRequest(fr frame) (Reply, bool) {
+	if len(fr.raw) != minStartupPacket || s.client.buffered() > 0 {
+		// postgres_proxy injects its 8 bytes alone; more is a client
+		// speaking out of turn (see FromClient).
+		return s.closeNow("client sent bytes with Envoy's SSLRequest to the target")
+	}
+	s.toServer.pass(fr.raw)
+	s.server.expect = frameByte
+	s.phase = phaseUpstreamTLS
+	return Reply{}, false
+}
+
+// onUpstreamTLSAnswer passes the server's answer to Envoy's SSLRequest on,
+// as the single byte postgres_proxy reads (it is not a framed message, and
+// any other length puts postgres_proxy out of sync). On 'S' postgres_proxy
+// switches to TLS and sends the client's StartupMessage, the next client
+// chunk. Anything else makes postgres_proxy close the connection: the
+// client gets no word, since postgres_proxy consumes whatever this write
+// chunk carries, and sluice ends the session with the reason.
+func (s *Session) onUpstreamTLSAnswer(fr frame) {
+	s.toClient.pass(fr.raw)
+	s.server.expect = frameTyped
+	if fr.typ != 'S' {
+		s.phase = phaseEnded
+		s.endClient, s.endServer = true, true
+		s.reason = fmt.Sprintf("target %s refused TLS (answered the SSLRequest with %q)", s.cfg.Target, fr.typ)
+		return
+	}
+	s.upstreamTLS = true
+	s.phase = phaseStartup
 }
 
 // onNegotiationRequest answers a request for TLS or GSS encryption that
@@ -63,6 +112,13 @@ func (s *Session) onNegotiationRequest(fr frame) (Reply, bool) {
 // GSS handshake that sluice cannot make.
 func (s *Session) onNegotiationAnswer(fr frame) {
 	s.server.expect = frameTyped
+	if fr.typ != 'N' && s.cfg.Upstream.TLS {
+		// A client's GSSENCRequest, which postgres_proxy passes on
+		// unread, and after which it would never ask the server for TLS.
+		s.endWith(fatal(codeFeatureNotSupported,
+			fmt.Sprintf("sluice: target %s takes TLS from Envoy only; connect without GSS encryption (gssencmode=disable)", s.cfg.Target), "", ""))
+		return
+	}
 	if fr.typ != 'N' {
 		s.endWith(fatal(codeFeatureNotSupported,
 			fmt.Sprintf("sluice: target %s answered an encryption request with %q; sluice speaks to targets in clear only", s.cfg.Target, fr.typ), "", ""))

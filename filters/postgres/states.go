@@ -13,6 +13,10 @@ const (
 	// phaseNegotiating: an SSLRequest or GSSENCRequest is at the server;
 	// its one-byte answer is awaited.
 	phaseNegotiating
+	// phaseUpstreamTLS: Envoy's own SSLRequest (Upstream.TLS) is at the
+	// server; its one-byte answer is awaited, which postgres_proxy, not the
+	// client, reads.
+	phaseUpstreamTLS
 	// phaseServerAuth: the StartupMessage (with the target's user and
 	// database) is at the server; its authentication request is awaited.
 	phaseServerAuth
@@ -50,6 +54,7 @@ const (
 var phaseNames = [...]string{
 	phaseStartup:          "startup",
 	phaseNegotiating:      "negotiating",
+	phaseUpstreamTLS:      "upstream_tls",
 	phaseServerAuth:       "server_auth",
 	phaseClientToken:      "client_token",
 	phaseTrustSync:        "trust_sync",
@@ -80,7 +85,15 @@ const (
 	modeCleartext
 	modeMD5
 	modeSCRAM
+	// modeCert: the server accepted Envoy's client certificate and sent
+	// AuthenticationOk at once (pg_hba.conf cert); handled as trust.
+	modeCert
 )
+
+// acceptedAtStartup reports whether the server accepted the login before
+// sluice sent it anything: its startup messages are then held until the
+// agent's token is verified (trust, cert).
+func (m authMode) acceptedAtStartup() bool { return m == modeTrust || m == modeCert }
 
 // AuthMode names a target's authentication method as pg_hba.conf does.
 func (m authMode) String() string {
@@ -93,6 +106,8 @@ func (m authMode) String() string {
 		return "md5"
 	case modeSCRAM:
 		return "scram-sha-256"
+	case modeCert:
+		return "cert"
 	}
 	return "unknown"
 }

@@ -52,8 +52,12 @@ targets:
     port: %[6]d
     upstream: "127.0.0.1:%[7]d"
     database: orders
-    credentials: { user: app, password_env: SLUICE_E2E_ORDERS_PASSWORD }
+    ` + defaultCredentials + `
 %[8]s`
+
+// defaultCredentials are the target's in pgPathConfig: sluice logs in as
+// app with its password. pgOptions.target replaces them.
+const defaultCredentials = "credentials: { user: app, password_env: SLUICE_E2E_ORDERS_PASSWORD }"
 
 // defaultPolicies lets agents read; the tests that use them gate
 // statements with postgres.MarkerGate.
@@ -66,6 +70,14 @@ const defaultPolicies = `policies:
 type pgOptions struct {
 	policies string
 	gate     func(cfg *policies.Config, grants authz.GrantStore, sink audit.Sink) postgres.Gate
+	// tls starts Postgres with ssl=on and a PKI of its own
+	// (testenv.WithTLS).
+	tls bool
+	// target, when set, gives the target's credentials (a YAML flow
+	// mapping) and further keys (lines indented four spaces), once
+	// Postgres runs with the orders database; by default sluice logs in
+	// as app with its password.
+	target func(t testing.TB, pg *testenv.Postgres) (credentials, extra string)
 }
 
 // upstreamPassword has characters that need care in SQL, URLs and SCRAM.
@@ -86,7 +98,11 @@ func startPGPath(t *testing.T, gate ...postgres.Gate) *pgPath {
 // startPGPathWith starts the path with options and returns its grant store.
 func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 	t.Helper()
-	pg := testenv.StartPostgres(t)
+	var pgOpts []testenv.PostgresOption
+	if o.tls {
+		pgOpts = append(pgOpts, testenv.WithTLS())
+	}
+	pg := testenv.StartPostgres(t, pgOpts...)
 	pg.CreateDatabase("orders")
 	pg.SetAuth(t, "app", upstreamPassword, testenv.AuthSCRAM)
 	pg.AdminExec(t, "orders",
@@ -113,8 +129,12 @@ func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 		t.Fatal(err)
 	}
 	listenPort := freePort(t)
-	cfg, err := policies.Load("e2e-pg.yaml", []byte(fmt.Sprintf(pgPathConfig, xdsAddr, authzLis.Addr(), extprocLis.Addr(),
-		freePort(t), idp.Issuer, listenPort, pg.Port, o.policies)))
+	text := fmt.Sprintf(pgPathConfig, xdsAddr, authzLis.Addr(), extprocLis.Addr(), freePort(t), idp.Issuer, listenPort, pg.Port, o.policies)
+	if o.target != nil {
+		creds, extra := o.target(t, pg)
+		text = strings.Replace(text, defaultCredentials+"\n", "credentials: "+creds+"\n"+extra, 1)
+	}
+	cfg, err := policies.Load("e2e-pg.yaml", []byte(text))
 	if err != nil {
 		t.Fatal(err)
 	}

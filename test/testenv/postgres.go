@@ -28,10 +28,15 @@ type Postgres struct {
 	SocketDir string
 	Port      int
 	User      string
+	// PKI issues the server's certificate and verifies client
+	// certificates; set by WithTLS.
+	PKI *PKI
 
 	t     testing.TB
 	data  string
 	fsync bool
+	tls   bool
+	args  []string // server settings fixed at start (TLS)
 	cred  *syscall.Credential
 	srv   *exec.Cmd
 	exit  chan struct{}
@@ -81,6 +86,9 @@ func StartPostgres(t testing.TB, opts ...PostgresOption) *Postgres {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
+	if p.tls {
+		p.args = p.startTLS()
+	}
 	var lastErr error
 	for range 5 { // another process may take the free port first
 		if p.Port, err = FreePort(); err != nil {
@@ -122,6 +130,7 @@ func (p *Postgres) start() error {
 	p.srv = exec.Command(filepath.Join(PostgresBin, "postgres"), "-D", p.data, "-k", p.SocketDir,
 		"-p", strconv.Itoa(p.Port), "-c", "listen_addresses=127.0.0.1", "-c", "fsync="+fsync,
 		"-c", "max_connections=100")
+	p.srv.Args = append(p.srv.Args, p.args...)
 	// Pdeathsig: a test binary that dies does not leave its cluster behind.
 	p.srv.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Pdeathsig: syscall.SIGQUIT}
 	p.srv.Stdout, p.srv.Stderr = p.log, p.log

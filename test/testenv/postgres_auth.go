@@ -16,10 +16,13 @@ import (
 
 // Postgres authentication methods as pg_hba.conf names them.
 const (
-	AuthTrust     = "trust"
-	AuthPassword  = "password"
-	AuthMD5       = "md5"
-	AuthSCRAM     = "scram-sha-256"
+	AuthTrust    = "trust"
+	AuthPassword = "password"
+	AuthMD5      = "md5"
+	AuthSCRAM    = "scram-sha-256"
+	// AuthCert is pg_hba.conf's cert method: TLS with a client certificate
+	// whose CN is the role, no password (SetCertAuth).
+	AuthCert      = "cert"
 	authProbeWait = 30 * time.Second
 )
 
@@ -95,17 +98,22 @@ func (p *Postgres) WriteHBA(t testing.TB, role, method string) {
 		t.Fatal(err)
 	}
 	defer c.Close(ctx)
+	line := "host all " + strconv.Quote(role) + " 127.0.0.1/32 " + method
+	if method == AuthCert {
+		line = "hostssl all " + strconv.Quote(role) + " 127.0.0.1/32 cert"
+	}
 	hba := "local all all trust\n" +
-		"host all " + p.User + " 127.0.0.1/32 trust\n" +
-		"host all " + strconv.Quote(role) + " 127.0.0.1/32 " + method + "\n"
+		"host all " + p.User + " 127.0.0.1/32 trust\n" + line + "\n"
 	if err := os.WriteFile(filepath.Join(p.data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
 		t.Fatal(err)
 	}
+	// The probe speaks clear text, which a hostssl line does not match:
+	// the server refuses it with an ErrorResponse once the file is read.
 	want := map[string]string{AuthTrust: "AuthenticationOk", AuthPassword: "AuthenticationCleartextPassword",
-		AuthMD5: "AuthenticationMD5Password", AuthSCRAM: "AuthenticationSASL"}[method]
+		AuthMD5: "AuthenticationMD5Password", AuthSCRAM: "AuthenticationSASL", AuthCert: "ErrorResponse"}[method]
 	deadline := time.Now().Add(authProbeWait)
 	for {
 		got, err := p.firstAuthRequest(role)
@@ -117,6 +125,36 @@ func (p *Postgres) WriteHBA(t testing.TB, role, method string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// SetCertAuth makes role log in over TLS from 127.0.0.1 with a client
+// certificate and nothing else (pg_hba.conf "hostssl all role 127.0.0.1/32
+// cert"): the role is created without a password if needed, and the
+// server must have been started WithTLS. It returns the files of a
+// certificate for role from the server's PKI.
+func (p *Postgres) SetCertAuth(t testing.TB, role string) (certFile, keyFile string) {
+	t.Helper()
+	if p.PKI == nil {
+		t.Fatal("SetCertAuth needs a server started WithTLS")
+	}
+	var exists bool
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, p.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if !exists {
+		if _, err := c.Exec(ctx, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.WriteHBA(t, role, AuthCert)
+	return p.PKI.ClientCert(role)
 }
 
 // firstAuthRequest opens a connection as role and names the server's first

@@ -18,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	starttlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/starttls/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/proto"
@@ -35,8 +36,12 @@ type clusterEntry struct {
 	random         bool
 	http2          bool
 	tls            *tlsv3.UpstreamTlsContext
-	secretNames    []string
-	rr             atomic.Uint64
+	// startTLS is the TLS context of a starttls transport socket: the
+	// connection starts in clear text and switches when a filter calls
+	// startUpstreamSecureTransport (postgres_proxy's upstream_ssl).
+	startTLS    *tlsv3.UpstreamTlsContext
+	secretNames []string
+	rr          atomic.Uint64
 }
 
 // buildCluster is the per-cluster part of CDS acceptance.
@@ -117,6 +122,21 @@ func buildCluster(c *clusterv3.Cluster) (*clusterEntry, error) {
 				return nil, err
 			}
 			ce.tls, ce.secretNames = m, names
+		case *starttlsv3.UpstreamStartTlsConfig:
+			// starttls_socket.cc: the raw socket until startSecureTransport,
+			// then the TLS socket, both created with the connection.
+			if err := checkFields(m, "cleartext_socket_config", "tls_socket_config"); err != nil {
+				return nil, err
+			}
+			up := m.GetTlsSocketConfig()
+			if up == nil {
+				up = &tlsv3.UpstreamTlsContext{}
+			}
+			names, err := checkUpstreamTLS(up)
+			if err != nil {
+				return nil, err
+			}
+			ce.startTLS, ce.secretNames = up, names
 		default:
 			return nil, fmt.Errorf("cluster transport socket %s is not implemented by envoysim", typeName(ts.GetTypedConfig()))
 		}
@@ -181,7 +201,9 @@ func (s *Sim) cluster(name string) *clusterEntry {
 
 // dial connects to an endpoint of ce, with the cluster's transport socket. It
 // returns once the connection is usable (after the TLS handshake, when Envoy
-// raises Connected).
+// raises Connected). A starttls socket is in clear text until switched, so
+// its connection comes back raw; upstreamStartTLS gives the switch's TLS
+// config.
 func (s *Sim) dial(ctx context.Context, ce *clusterEntry) (net.Conn, error) {
 	addr, err := ce.pick()
 	if err != nil {
@@ -289,4 +311,14 @@ func checkCircuitBreakers(cb *clusterv3.CircuitBreakers) error {
 		}
 	}
 	return nil
+}
+
+// upstreamStartTLS resolves the client TLS config a starttls cluster's
+// connection switches to, nil for other clusters. Envoy builds the TLS
+// socket when the connection is created, with the secrets of that moment.
+func (s *Sim) upstreamStartTLS(ce *clusterEntry) (*tls.Config, error) {
+	if ce.startTLS == nil {
+		return nil, nil
+	}
+	return s.clientTLSConfig(ce.startTLS)
 }

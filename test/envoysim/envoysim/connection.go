@@ -75,8 +75,13 @@ type conn struct {
 
 	transport net.Conn    // raw, or the *tls.Conn over it
 	startTLS  *tls.Config // set when the transport socket is starttls
-	localCert *x509.Certificate
-	tlsState  *tls.ConnectionState
+	// readInterrupted is set while a read in progress, which a transport
+	// switch must not race, is being called back (interruptRead);
+	// heldWrites are the writes made meanwhile.
+	readInterrupted bool
+	heldWrites      []writeOp
+	localCert       *x509.Certificate
+	tlsState        *tls.ConnectionState
 
 	state               connState
 	readBuf             buffer
@@ -146,7 +151,9 @@ func (c *conn) readLoop() {
 				st = &s
 			}
 		}
-		if !c.d.post(func() { c.onReadReady(data, err, st) }) || err != nil {
+		// A timeout is the interruption of startSecureTransport: reading
+		// goes on, through the new transport.
+		if !c.d.post(func() { c.onReadReady(data, err, st) }) || err != nil && !isTimeout(err) {
 			return
 		}
 	}
@@ -168,6 +175,20 @@ func (c *conn) onReadReady(data []byte, err error, st *tls.ConnectionState) {
 		return
 	}
 	c.readerParked = true
+	if c.readInterrupted {
+		// The read interruptRead called back. What it read arrived before
+		// the switch, in clear text; the next read is through the
+		// transport current when the reader is re-armed.
+		c.readInterrupted = false
+		_ = c.raw.SetReadDeadline(time.Time{})
+		if isTimeout(err) {
+			err = nil
+		}
+		for _, op := range c.heldWrites {
+			c.w.enqueue(op)
+		}
+		c.heldWrites = nil
+	}
 	if st != nil && c.tlsState == nil {
 		// requestedServerName stays what tls_inspector found: Envoy sets it only
 		// from the listener filter, not from the transport socket's handshake.
@@ -252,9 +273,27 @@ func (c *conn) enableHalfClose(on bool) { c.halfClose = on }
 func (c *conn) addConnectionCallbacks(cb func(connEvent)) { c.callbacks = append(c.callbacks, cb) }
 
 // addBytesSentCallback registers cb; it is removed when it returns false. While
-// one is registered the reader is not re-armed (see the file comment).
+// one is registered the reader is not re-armed (see the file comment), and a
+// read already in progress is called back: postgres_proxy switches to TLS
+// from such a callback, and the peer's first TLS bytes must not be read in
+// clear text. (A filter that answers from a later event, as when ext_authz
+// comes first, registers it while the reader waits.)
 func (c *conn) addBytesSentCallback(cb func(n int) bool) {
 	c.bytesSentCallbacks = append(c.bytesSentCallbacks, cb)
+	c.interruptRead()
+}
+
+// interruptRead calls back a read in progress with a deadline in the past,
+// so that the next read goes through the transport current by then. Writes
+// wait until it is back: a TLS handshake they would start reads the socket
+// too, under that deadline. In Envoy reads and transport switches happen on
+// one event loop and cannot race.
+func (c *conn) interruptRead() {
+	if c.readerParked || c.readerDone || c.readInterrupted {
+		return
+	}
+	c.readInterrupted = true
+	_ = c.raw.SetReadDeadline(time.Unix(1, 0))
 }
 
 func (c *conn) setDynamicMetadata(ns string, s *structpb.Struct) {
@@ -268,13 +307,27 @@ func (c *conn) setDynamicMetadata(ns string, s *structpb.Struct) {
 	}
 }
 
-// startSecureTransport switches a starttls transport socket to TLS.
+// startSecureTransport switches a starttls transport socket to TLS: the
+// server side on a listener's connection, the client side on an upstream
+// one. Later writes go out through TLS and the next read is TLS.
+//
+// A downstream switch never races a read: the reader is held while the
+// "S" that precedes it is being sent (addBytesSentCallback). An upstream
+// switch follows the server's "S", after which the reader is already
+// blocked in a clear-text Read that would take the server's first TLS
+// bytes, so that read is called back (interruptRead).
 func (c *conn) startSecureTransport() bool {
 	if c.startTLS == nil {
 		return false
 	}
-	c.transport = tls.Server(c.raw, c.startTLS)
+	cfg := c.startTLS
 	c.startTLS = nil
+	if !c.upstream {
+		c.transport = tls.Server(c.raw, cfg)
+		return true
+	}
+	c.transport = tls.Client(c.raw, cfg)
+	c.interruptRead()
 	return true
 }
 

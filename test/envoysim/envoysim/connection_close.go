@@ -35,13 +35,23 @@ func (c *conn) rawWrite(b *buffer, endStream bool) {
 	}
 	if b.Len() > 0 {
 		c.unflushed++
-		c.w.enqueue(writeOp{data: b.take(), to: c.transport})
+		c.enqueueWrite(writeOp{data: b.take(), to: c.transport})
 	}
 	if endStream {
 		c.writeEndStream = true
 		c.unflushed++
-		c.w.enqueue(writeOp{shutdownWrite: true, to: c.transport})
+		c.enqueueWrite(writeOp{shutdownWrite: true, to: c.transport})
 	}
+}
+
+// enqueueWrite hands op to the writer, or holds it while a read is being
+// called back (interruptRead).
+func (c *conn) enqueueWrite(op writeOp) {
+	if c.readInterrupted {
+		c.heldWrites = append(c.heldWrites, op)
+		return
+	}
+	c.w.enqueue(op)
 }
 
 func (c *conn) onWriteProgress(n int, err error) {

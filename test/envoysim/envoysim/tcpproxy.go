@@ -2,6 +2,7 @@ package envoysim
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -136,17 +137,26 @@ func (f *tcpProxyFilter) initializeUpstreamConnection() filterStatus {
 	d, sim := f.conn.d, f.cfg.sim
 	go func() {
 		nc, err := sim.dial(ctx, ce)
+		var startTLS *tls.Config
+		if err == nil {
+			if startTLS, err = sim.upstreamStartTLS(ce); err != nil {
+				_ = nc.Close()
+				nc = nil
+			}
+		}
 		if err != nil {
 			st.counter("cluster." + name + ".upstream_cx_connect_fail").Add(1)
 		}
-		if !d.post(func() { f.onDialed(ctx, nc, err) }) && nc != nil {
+		if !d.post(func() { f.onDialed(ctx, nc, startTLS, err) }) && nc != nil {
 			_ = nc.Close()
 		}
 	}()
 	return stopIteration
 }
 
-func (f *tcpProxyFilter) onDialed(ctx context.Context, nc net.Conn, err error) {
+// onDialed adopts the upstream connection; startTLS is set for a starttls
+// cluster, whose connection a filter may switch to TLS later.
+func (f *tcpProxyFilter) onDialed(ctx context.Context, nc net.Conn, startTLS *tls.Config, err error) {
 	if ctx.Err() != nil || f.conn.state == stateClosed {
 		if nc != nil {
 			_ = nc.Close()
@@ -159,6 +169,7 @@ func (f *tcpProxyFilter) onDialed(ctx context.Context, nc net.Conn, err error) {
 		return
 	}
 	up := newConn(f.cfg.sim, f.conn.d, nc, true)
+	up.startTLS = startTLS
 	up.enableHalfClose(true)
 	up.upstreamData = f.onUpstreamData
 	up.addConnectionCallbacks(f.onUpstreamEvent)
@@ -171,6 +182,16 @@ func (f *tcpProxyFilter) onDialed(ctx context.Context, nc net.Conn, err error) {
 func (f *tcpProxyFilter) onInitFailure(reason string) {
 	f.cfg.sim.logf("conn %d: tcp_proxy: %s", f.conn.id, reason)
 	f.conn.close(closeNoFlush, "tcp_proxy_init_failure")
+}
+
+// startUpstreamSecureTransport is Filter::startUpstreamSecureTransport: it
+// switches the upstream connection's starttls socket to TLS. It fails
+// without an upstream or with another transport socket.
+func (f *tcpProxyFilter) startUpstreamSecureTransport() bool {
+	if f.upstream == nil {
+		return false
+	}
+	return f.upstream.startSecureTransport()
 }
 
 // onData is terminal: it always drains and stops.

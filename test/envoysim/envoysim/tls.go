@@ -324,6 +324,14 @@ func (s *Sim) clientTLSConfig(u *tlsv3.UpstreamTlsContext) (*tls.Config, error) 
 	if r.roots != nil || len(r.sans) > 0 {
 		cfg.VerifyPeerCertificate = verifyPeer(r.roots, r.sans)
 	}
+	if len(r.certs) > 0 {
+		// BoringSSL presents the configured certificate whenever the server
+		// asks for one; Go would send none when its issuer is not among the
+		// server's certificate_authorities, and the server would see a
+		// missing certificate instead of an untrusted one.
+		cert := &r.certs[0]
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
 	return cfg, nil
 }
 

@@ -184,6 +184,9 @@ type exchange struct {
 	kube         httpapi.KubeRequest
 	isKube       bool
 	requestID    string
+	// upgrade is the Upgrade value of a request that switches protocols
+	// (http_upgrade.go); empty for any other request.
+	upgrade string
 
 	reqHash  hash.Hash
 	reqBytes int64
@@ -222,7 +225,7 @@ func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest)
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return x.requestHeaders(r.RequestHeaders)
+		return x.requestHeaders(r.RequestHeaders, req.GetProtocolConfig())
 	case *extprocv3.ProcessingRequest_RequestBody:
 		x.requestBody(r.RequestBody)
 		return bodyResponse(true, nil)
@@ -272,13 +275,18 @@ func (x *exchange) readDecision(req *extprocv3.ProcessingRequest) string {
 
 // requestHeaders notes what is asked. When the response is to be masked,
 // it asks the upstream for uncompressed JSON, the one form sluice can
-// mask (a Kubernetes client may prefer protobuf, any client gzip).
-func (x *exchange) requestHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+// mask (a Kubernetes client may prefer protobuf, any client gzip). An
+// upgrade is checked instead (http_upgrade.go): what follows it is not
+// JSON.
+func (x *exchange) requestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration) *extprocv3.ProcessingResponse {
 	hs := headerMap(h.GetHeaders())
 	x.method, x.path = hs[":method"], hs[":path"]
 	x.isKube = x.target.API == policies.APIKubernetes
 	if x.isKube {
 		x.kube, _ = httpapi.ParseKubernetes(x.method, x.path, hs)
+	}
+	if httpapi.IsUpgrade(hs) {
+		return x.upgradeRequest(hs, pc)
 	}
 	common := &extprocv3.CommonResponse{}
 	if len(x.masks) > 0 {
@@ -306,6 +314,9 @@ func (x *exchange) requestBody(b *extprocv3.HttpBody) {
 func (x *exchange) responseHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	hs := headerMap(h.GetHeaders())
 	x.status, _ = strconv.Atoi(hs[":status"])
+	if x.upgrade != "" {
+		return x.upgradeResponse(ctx, h)
+	}
 	common := &extprocv3.CommonResponse{}
 	if len(x.masks) > 0 && !h.GetEndOfStream() {
 		rules, err := x.srv.compiled(x.cfg, x.masks)

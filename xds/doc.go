@@ -18,11 +18,19 @@
 //   - postgres_proxy: enable_sql_parsing false (sluice parses every
 //     statement itself with pg_query; Envoy's parse would be a second,
 //     unused opinion); downstream_ssl REQUIRE when tls.require, ALLOW when
-//     tls is set, DISABLE otherwise; upstream_ssl DISABLE. With TLS the
-//     chain's transport socket is envoy.transport_sockets.starttls
-//     (raw_buffer until the SSLRequest, then TLS with the certificate from
-//     SDS secret "<target>-downstream-cert"), without which postgres_proxy
-//     closes the connection (section 5).
+//     tls is set, DISABLE otherwise. With TLS the chain's transport socket
+//     is envoy.transport_sockets.starttls (raw_buffer until the
+//     SSLRequest, then TLS with the certificate from SDS secret
+//     "<target>-downstream-cert"), without which postgres_proxy closes the
+//     connection (section 5). upstream_ssl is DISABLE, or REQUIRE for a
+//     target with TLS to the server (credentials.client_cert_file or
+//     upstream_ca_file): postgres_proxy then sends the server its own
+//     SSLRequest and switches the cluster's starttls socket to TLS, with
+//     the client certificate (SDS "<target>-upstream-client-cert") and,
+//     given a CA (SDS "<target>-upstream-ca"), the server's chain and name
+//     verified. Such a chain puts ext_authz first, before postgres_proxy,
+//     which would otherwise lose postgres_proxy's injected SSLRequest
+//     (translate_postgres.go says why).
 //   - network ext_authz (section 2): cluster of sluice's authz, timeout
 //     envoy.authz_timeout. The TCP CheckRequest carries no
 //     context_extensions: sluice finds the target by the destination port.
@@ -57,9 +65,15 @@
 //     envoy.filters.http.ext_authz.
 //   - the HCM uses the peer address (use_remote_address), normalizes paths,
 //     merges slashes and refuses encoded slashes, so the path sluice
-//     classifies is the path the upstream serves. No upgrade_configs:
-//     WebSocket/SPDY upgrades (exec, attach, port-forward) are refused by
-//     Envoy.
+//     classifies is the path the upstream serves.
+//   - upgrade_configs: websocket on every http target, and spdy/3.1 on
+//     api: kubernetes targets (exec, attach, port-forward), each with its
+//     own chain ext_authz → ext_proc (headers only, no body either way) →
+//     router. The same ext_authz decides each upgrade (admin for the
+//     Kubernetes subresources); the ext_proc cannot buffer bodies there,
+//     because Envoy would hold an upgrade's headers until a body that only
+//     starts after the 101 (translate_http.go). Other upgrade types get
+//     Envoy's 403.
 //   - the route: prefix "/" to cluster "<target>", timeout = request_timeout
 //     (0 disables it, for watches), Host rewritten to the upstream's.
 //   - downstream TLS (target tls) from SDS "<target>-downstream-cert", ALPN

@@ -91,6 +91,7 @@ func (t *translator) http(tg *policies.Target) {
 			t.httpFilter(filterHTTPExtProc, extproc),
 			t.httpFilter(filterRouter, &routerv3.Router{}),
 		},
+		UpgradeConfigs: t.upgradeConfigs(tg, authz, extproc),
 		// Envoy is the edge: the agent's address is the peer's, never an
 		// X-Forwarded-For the agent wrote.
 		UseRemoteAddress: wrapperspb.Bool(true),
@@ -102,9 +103,6 @@ func (t *translator) http(tg *policies.Target) {
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,
 	}
-	// No upgrade_configs: Envoy refuses a WebSocket or SPDY upgrade
-	// (Kubernetes exec, attach, port-forward) with 403 before any filter
-	// runs, so none is forwarded until sluice can decide on one.
 
 	chain := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{t.filter(filterHCM, hcm)}}
 	if tg.TLS != nil {
@@ -125,6 +123,58 @@ func (t *translator) http(tg *policies.Target) {
 		c.TransportSocket = t.transportSocket(socketTLS, t.upstreamTLS(tg, host))
 	}
 	t.res.Clusters = append(t.res.Clusters, c)
+}
+
+// Upgrade types HTTP targets accept. Kubernetes exec, attach and
+// port-forward upgrade to SPDY/3.1 (kubectl before 1.31, and as its
+// fallback) or WebSocket (the v4/v5.channel.k8s.io subprotocols); other
+// HTTP APIs get WebSocket only. Envoy matches a type ignoring case and
+// refuses any other type with 403 before a filter runs
+// (envoy-contract.md section 3, "Upgrades").
+const (
+	upgradeWebSocket = "websocket"
+	upgradeSPDY      = "spdy/3.1"
+)
+
+// upgradeConfigs lets Envoy forward the target's upgrades through a filter
+// chain of their own: the same ext_authz, so that sluice decides each
+// upgrade (exec, attach and port-forward are admin) and records the
+// decision before anything is forwarded; and an ext_proc that is sent the
+// request headers and the upstream's answer (the 101) but no body. The
+// default chain's ext_proc cannot run upgrades: it buffers request bodies,
+// and an upgrade's body (the tunnel) only starts after the 101, so Envoy
+// would hold the request headers forever (envoy-contract.md section 4,
+// "Upgrades"); and streaming the response body would send every byte of
+// an exec session to sluice, which masks JSON, not terminal traffic. The
+// tunnelled bytes pass unmasked (README).
+func (t *translator) upgradeConfigs(tg *policies.Target, authz *httpauthzv3.ExtAuthz, extproc *httpextprocv3.ExternalProcessor) []*hcmv3.HttpConnectionManager_UpgradeConfig {
+	upgradeProc := proto.Clone(extproc).(*httpextprocv3.ExternalProcessor)
+	upgradeProc.ProcessingMode = &httpextprocv3.ProcessingMode{
+		RequestHeaderMode:   httpextprocv3.ProcessingMode_SEND,
+		ResponseHeaderMode:  httpextprocv3.ProcessingMode_SEND,
+		RequestBodyMode:     httpextprocv3.ProcessingMode_NONE,
+		ResponseBodyMode:    httpextprocv3.ProcessingMode_NONE,
+		RequestTrailerMode:  httpextprocv3.ProcessingMode_SKIP,
+		ResponseTrailerMode: httpextprocv3.ProcessingMode_SKIP,
+	}
+	types := []string{upgradeWebSocket}
+	if tg.API == policies.APIKubernetes {
+		types = append(types, upgradeSPDY)
+	}
+	out := make([]*hcmv3.HttpConnectionManager_UpgradeConfig, 0, len(types))
+	for _, typ := range types {
+		out = append(out, &hcmv3.HttpConnectionManager_UpgradeConfig{
+			UpgradeType: typ,
+			// The filters keep the default chain's names, so the route's
+			// ext_authz settings (the target's context_extensions) apply.
+			Filters: []*hcmv3.HttpFilter{
+				t.httpFilter(filterHTTPAuthz, authz),
+				t.httpFilter(filterHTTPExtProc, upgradeProc),
+				t.httpFilter(filterRouter, &routerv3.Router{}),
+			},
+		})
+	}
+	return out
 }
 
 // routeConfig is an HTTP target's one route: everything to its cluster,

@@ -68,8 +68,12 @@ func TestFailClosedEverywhere(t *testing.T) {
 				t.Errorf("%s: http ext_proc: failure_mode_allow=%v", path, f.GetFailureModeAllow())
 			}
 		}
-		if want := 2 * len(cfg.Targets); n != want {
-			t.Errorf("%s: %d ext_authz/ext_proc filters, want %d (two per target)", path, n, want)
+		want := 2 * len(cfg.Targets)
+		for _, hcm := range collect[*hcmv3.HttpConnectionManager](t, res) {
+			want += 2 * len(hcm.GetUpgradeConfigs()) // each upgrade chain has its own pair
+		}
+		if n != want {
+			t.Errorf("%s: %d ext_authz/ext_proc filters, want %d (two per target and per upgrade chain)", path, n, want)
 		}
 	}
 }
@@ -206,9 +210,7 @@ func TestHTTPChain(t *testing.T) {
 	if hcm.GetStatPrefix() != "cluster-api" || !hcm.GetUseRemoteAddress().GetValue() {
 		t.Errorf("hcm stat_prefix %q use_remote_address %v", hcm.GetStatPrefix(), hcm.GetUseRemoteAddress())
 	}
-	if len(hcm.GetUpgradeConfigs()) != 0 {
-		t.Errorf("upgrade_configs = %v: upgrades must not be forwarded", hcm.GetUpgradeConfigs())
-	}
+	// upgrade_configs: TestHTTPUpgradeChain (translate_http_test.go).
 
 	authz := unpack[*httpauthzv3.ExtAuthz](t, hcm.GetHttpFilters()[0].GetTypedConfig())
 	if authz.GetGrpcService().GetEnvoyGrpc().GetClusterName() != AuthzCluster || authz.GetTransportApiVersion() != corev3.ApiVersion_V3 {

@@ -75,6 +75,8 @@ type fakeKube struct {
 	mu       sync.Mutex
 	requests []string // "METHOD path" as the API server saw them
 	created  int
+	// execEnded receives how each exec session ended (http_upgrade_test.go).
+	execEnded chan error
 }
 
 func (k *fakeKube) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -83,6 +85,10 @@ func (k *fakeKube) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	k.mu.Unlock()
 	if r.Header.Get("Authorization") != "Bearer "+upstreamToken {
 		http.Error(w, `{"kind":"Status","code":401}`, http.StatusUnauthorized)
+		return
+	}
+	if strings.HasSuffix(r.URL.Path, "/exec") {
+		k.exec(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -147,7 +153,14 @@ type httpPath struct {
 
 func startHTTPPath(t *testing.T) *httpPath {
 	t.Helper()
-	kube := &fakeKube{}
+	return startHTTPPathWith(t, httpPathConfig, testenv.OIDCClient{ID: "agent-1", Secret: "s1", Groups: []string{"agents"}})
+}
+
+// startHTTPPathWith is startHTTPPath with another config (the same
+// placeholders as httpPathConfig) and OIDC clients.
+func startHTTPPathWith(t *testing.T, config string, clients ...testenv.OIDCClient) *httpPath {
+	t.Helper()
+	kube := &fakeKube{execEnded: make(chan error, 10)}
 	up := httptest.NewTLSServer(kube)
 	t.Cleanup(up.Close)
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
@@ -156,7 +169,9 @@ func startHTTPPath(t *testing.T) *httpPath {
 	}
 	_, upPort, _ := net.SplitHostPort(up.Listener.Addr().String())
 	idp := testenv.StartOIDC(t)
-	idp.AddClient(testenv.OIDCClient{ID: "agent-1", Secret: "s1", Groups: []string{"agents"}})
+	for _, c := range clients {
+		idp.AddClient(c)
+	}
 	t.Setenv("SLUICE_E2E_K8S_TOKEN", upstreamToken)
 
 	xdsSrv, err := xds.NewServer(xds.Options{})
@@ -167,7 +182,7 @@ func startHTTPPath(t *testing.T) *httpPath {
 	authzLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	procLis, _ := net.Listen("tcp", "127.0.0.1:0")
 	port := freePort(t)
-	cfg, err := policies.Load("e2e-http.yaml", []byte(fmt.Sprintf(httpPathConfig, xdsAddr, authzLis.Addr(), procLis.Addr(),
+	cfg, err := policies.Load("e2e-http.yaml", []byte(fmt.Sprintf(config, xdsAddr, authzLis.Addr(), procLis.Addr(),
 		freePort(t), idp.Issuer, port, upPort, caFile)))
 	if err != nil {
 		t.Fatal(err)
@@ -313,10 +328,13 @@ func TestHTTPKubernetesPath(t *testing.T) {
 	if code, body := h.do("GET", "/api/v1/namespaces/default/pods", forged, ""); code != http.StatusUnauthorized {
 		t.Fatalf("forged token: %d %s", code, body)
 	}
-	// An exec upgrade: admin, denied; the API server never sees it.
-	code, _ = h.do("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh", tok, "", "Connection", "Upgrade", "Upgrade", "SPDY/3.1")
-	if code != http.StatusForbidden || h.kube.saw("POST /api/v1/namespaces/default/pods/web-0/exec") {
-		t.Fatalf("exec upgrade: %d (upstream saw it: %v)", code, h.kube.saw("POST /api/v1/namespaces/default/pods/web-0/exec"))
+	// An exec upgrade: admin, denied by sluice with its reason; the API
+	// server never sees it (http_upgrade_test.go runs an allowed one).
+	code, body = h.do("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh", tok, "", "Connection", "Upgrade", "Upgrade", "SPDY/3.1")
+	var execRefusal authz.Refusal
+	if code != http.StatusForbidden || json.Unmarshal([]byte(body), &execRefusal) != nil || execRefusal.Class != "admin" ||
+		h.kube.saw("POST /api/v1/namespaces/default/pods/web-0/exec") {
+		t.Fatalf("exec upgrade: %d %s (upstream saw it: %v)", code, body, h.kube.saw("POST /api/v1/namespaces/default/pods/web-0/exec"))
 	}
 
 	// Every exchange that reached the API server is recorded, its pair

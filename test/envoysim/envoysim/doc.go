@@ -42,8 +42,12 @@
 //	httpfilter.go   Envoy's Http::FilterManager iteration: StopIteration and StopAll,
 //	                the stream buffer, continue, injection
 //	httpextauthz*.go, httpextproc*.go, router.go, upstream.go   the HTTP filters
+//	hcm_upgrade.go, httpstream_upgrade.go, router_upgrade.go   HTTP/1.1 upgrades:
+//	                upgrade_configs, the hijacked downstream tunnel, the upstream 101
 //	rds.go          route configurations (RDS or inline) and route matching
 //	cluster.go, grpcclient.go, tls.go   upstreams, gRPC side channels, TLS contexts
+//	starttls_upstream.go   startUpstreamSecureTransport: postgres_proxy → tcp_proxy →
+//	                the upstream connection's starttls socket (connection.go switches it)
 //	stats.go        Envoy stat names, violation counters, admin /stats
 //
 // # One connection through [postgres_proxy, ext_authz, ext_proc, tcp_proxy]
@@ -62,6 +66,18 @@
 //	  │            response read_data ◀─────────────────────────────────────────┘
 //	  │            injected to the next filter: tcp_proxy ────────────────────────────▶│
 //	  │◀─────────  write path: ext_proc, then postgres, then the socket ◀──────────────│
+//
+// # postgres_proxy asking the server for TLS (upstream_ssl REQUIRE, contract §5)
+//
+//	client       [ext_authz,] postgres_proxy      ext_proc (after it)        server
+//	  │ Startup ──▶ kept; SSLRequest injected ───▶ read chunk ─────────────▶ │
+//	  │             "S" consumed ◀──────────────── write chunk "S" ◀──────── │
+//	  │             startUpstreamSecureTransport (tcp_proxy's starttls socket) ══ TLS
+//	  │             Startup injected ────────────▶ read chunk ─────────────▶ │
+//	  │◀───────────── the session, decrypted below the filters ◀──────────── │
+//
+// ext_authz must come before postgres_proxy here: after its Check it resumes
+// with the connection's read buffer, so it would drop the injected SSLRequest.
 //
 // # One HTTP request through [ext_authz, ext_proc, router] in sluice's modes
 //
@@ -89,7 +105,12 @@
 //
 //   - a connection's read is a goroutine blocked in Read, handed one token per
 //     chunk by the dispatcher; a chunk is what arrived while the previous one
-//     was processed, as in Envoy's event loop;
+//     was processed, as in Envoy's event loop. A transport switch to TLS
+//     calls a read in progress back (a read deadline) and holds writes until
+//     it is back, so the peer's first TLS bytes are never read in clear text;
+//   - an upstream TLS client presents its configured certificate whenever the
+//     server asks, as BoringSSL does (Go would filter it by the server's
+//     certificate_authorities);
 //   - listener drain is not modelled: connections on a removed or updated
 //     listener live until they end (Envoy closes them after the drain time);
 //   - postgres_proxy does not parse SQL, so it produces no dynamic metadata; a
@@ -116,7 +137,12 @@
 //   - HTTP ext_proc implements header modes SEND and SKIP, body modes NONE,
 //     BUFFERED and STREAMED, trailers SKIP, and no mode override;
 //   - the router retries nothing (a route without retry_policy does not
-//     retry) and enforces no circuit breaker.
+//     retry) and enforces no circuit breaker;
+//   - upgrades: HTTP/1.1 only (no CONNECT, no route-level upgrade_configs,
+//     none to an HTTP/2 cluster: 501); bytes an agent sends before the 101
+//     reach the filters only after it (net/http reads nothing more until the
+//     sim hijacks the connection); a tunnel's end is a reset, flushed for at
+//     most delayed_close_timeout (1 s).
 //
 // # Violations
 //

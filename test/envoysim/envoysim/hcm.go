@@ -62,7 +62,10 @@ type hcmConfig struct {
 	mergeSlashes      bool
 	escapedSlashes    hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction
 	generateRequestID bool
-	stats             *hcmStats
+	// upgrades are upgrade_configs by lower-cased upgrade_type
+	// (hcm_upgrade.go).
+	upgrades map[string]*upgradeConfig
+	stats    *hcmStats
 }
 
 // httpFilterFactory creates one configured HTTP filter for a stream. name is
@@ -74,7 +77,7 @@ type httpFilterFactory struct {
 
 type hcmStats struct {
 	cxTotal, cxActive, rqTotal, rqActive, rqHTTP1, rqHTTP2, rqCompleted, rqTxReset, rqRxReset,
-	failedPathNormalization, noRoute, wsOnNonWSRoute *atomic.Int64
+	failedPathNormalization, noRoute, wsOnNonWSRoute, upgradesTotal, upgradesActive *atomic.Int64
 	codes [6]*atomic.Int64 // downstream_rq_1xx .. 5xx
 }
 
@@ -88,6 +91,7 @@ func newHCMStats(st *Stats, p string) *hcmStats {
 		rqRxReset:               c("downstream_rq_rx_reset"),
 		failedPathNormalization: c("downstream_rq_failed_path_normalization"), noRoute: c("no_route"),
 		wsOnNonWSRoute: c("downstream_rq_ws_on_non_ws_route"),
+		upgradesTotal:  c("downstream_cx_upgrades_total"), upgradesActive: st.gauge(p + "downstream_cx_upgrades_active"),
 	}
 	for i := 1; i <= 5; i++ {
 		hs.codes[i] = c(fmt.Sprintf("downstream_rq_%dxx", i))
@@ -106,7 +110,7 @@ func buildHCM(cb *chainBuild, _ string, m proto.Message) (filterFactory, error) 
 	pc := m.(*hcmv3.HttpConnectionManager)
 	if err := checkFields(pc, "codec_type", "stat_prefix", "rds", "route_config", "http_filters",
 		"use_remote_address", "normalize_path", "merge_slashes", "path_with_escaped_slashes_action",
-		"generate_request_id",
+		"generate_request_id", "upgrade_configs",
 		// Access logging does not change what a stream observes.
 		"access_log", "access_log_flush_interval", "access_log_options"); err != nil {
 		return nil, err
@@ -146,7 +150,12 @@ func buildHCM(cb *chainBuild, _ string, m proto.Message) (filterFactory, error) 
 	default:
 		return nil, errors.New("HttpConnectionManager: only rds and route_config are implemented by envoysim")
 	}
-	if err := hc.buildHTTPFilters(cb, pc.GetHttpFilters()); err != nil {
+	filters, err := hc.buildHTTPFilters(cb, pc.GetHttpFilters(), "http")
+	if err != nil {
+		return nil, err
+	}
+	hc.filters = filters
+	if err := hc.buildUpgrades(cb, pc.GetUpgradeConfigs()); err != nil {
 		return nil, err
 	}
 	hc.stats = newHCMStats(cb.sim.stats, hc.statPrefix)
@@ -163,36 +172,40 @@ func httpFilterBuilders() map[protoreflect.FullName]func(hc *hcmConfig, cb *chai
 	}
 }
 
-func (hc *hcmConfig) buildHTTPFilters(cb *chainBuild, fs []*hcmv3.HttpFilter) error {
+// buildHTTPFilters builds one filter chain: the HCM's http_filters, or an
+// upgrade config's filters (chain names it in errors, as Envoy's
+// processFilters does: "http" or "http upgrade").
+func (hc *hcmConfig) buildHTTPFilters(cb *chainBuild, fs []*hcmv3.HttpFilter, chain string) ([]httpFilterFactory, error) {
 	builders := httpFilterBuilders()
+	var out []httpFilterFactory
 	for i, f := range fs {
 		if err := checkFields(f, "name", "typed_config"); err != nil {
-			return err
+			return nil, err
 		}
 		m, err := unpackTyped(f.GetName(), f.GetTypedConfig())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		name := m.ProtoReflect().Descriptor().FullName()
 		build, ok := builders[name]
 		if !ok {
-			return fmt.Errorf("Didn't find a registered implementation for '%s' with type URL: '%s'", f.GetName(), typeName(f.GetTypedConfig()))
+			return nil, fmt.Errorf("Didn't find a registered implementation for '%s' with type URL: '%s'", f.GetName(), typeName(f.GetTypedConfig()))
 		}
 		last := i == len(fs)-1
 		switch {
 		case name == routerConfigName && !last:
-			return fmt.Errorf("Error: terminal filter named %s of type %s must be the last filter in a http filter chain.", f.GetName(), typeName(f.GetTypedConfig()))
+			return nil, fmt.Errorf("Error: terminal filter named %s of type %s must be the last filter in a %s filter chain.", f.GetName(), typeName(f.GetTypedConfig()), chain)
 		case name != routerConfigName && last:
-			return fmt.Errorf("Error: non-terminal filter named %s of type %s is the last filter in a http filter chain.", f.GetName(), typeName(f.GetTypedConfig()))
+			return nil, fmt.Errorf("Error: non-terminal filter named %s of type %s is the last filter in a %s filter chain.", f.GetName(), typeName(f.GetTypedConfig()), chain)
 		}
 		create, err := build(hc, cb, m)
 		if err != nil {
-			return fmt.Errorf("%s: %w", f.GetName(), err)
+			return nil, fmt.Errorf("%s: %w", f.GetName(), err)
 		}
-		hc.filters = append(hc.filters, httpFilterFactory{name: f.GetName(), create: create})
+		out = append(out, httpFilterFactory{name: f.GetName(), create: create})
 	}
 	if len(fs) == 0 {
-		return errors.New("HttpConnectionManager: http_filters must end with a router; envoysim does not add one")
+		return nil, errors.New("HttpConnectionManager: http_filters must end with a router; envoysim does not add one")
 	}
-	return nil
+	return out, nil
 }

@@ -26,6 +26,7 @@ type downstreamConn struct {
 	tls           *tls.ConnectionState
 	localCert     *x509.Certificate
 	sni           string // from tls_inspector
+	ln            *oneConnListener
 }
 
 // serveHTTP runs an HCM filter chain's connection: the TLS handshake of its
@@ -67,12 +68,16 @@ func (s *Sim) serveHTTP(lc *listenerConfig, chain *filterChainConfig, raw net.Co
 		protos.SetUnencryptedHTTP2(true)
 	}
 	ln := newOneConnListener(nc)
+	dc.ln = ln
 	srv := &http.Server{
 		Handler:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hc.serveStream(dc, w, r) }),
 		Protocols: &protos,
 		ErrorLog:  log.New(io.Discard, "", 0),
 		ConnState: func(_ net.Conn, st http.ConnState) {
-			if st == http.StateClosed || st == http.StateHijacked {
+			// A hijacked connection (an upgrade's tunnel) is the stream's
+			// until it ends: the stream calls closeConn then, so the server
+			// stays tracked and Sim.Close can still close the tunnel.
+			if st == http.StateClosed {
 				ln.closeConn()
 			}
 		},
@@ -128,6 +133,7 @@ type oneConnListener struct {
 	connDone chan struct{}
 	mu       sync.Mutex
 	given    bool
+	tunnel   net.Conn // the connection once an upgrade hijacked it
 	closed   chan struct{}
 	closeMu  sync.Once
 }
@@ -156,13 +162,30 @@ func (l *oneConnListener) closeConn() { l.once.Do(func() { close(l.connDone) }) 
 func (l *oneConnListener) Close() error {
 	l.closeMu.Do(func() { close(l.closed) })
 	l.mu.Lock()
-	given := l.given
+	given, tunnel := l.given, l.tunnel
 	l.mu.Unlock()
 	if !given {
 		_ = l.conn.Close()
 		l.closeConn()
 	}
+	if tunnel != nil {
+		_ = tunnel.Close() // the server is closing (Sim.Close): so is its tunnel
+	}
 	return nil
+}
+
+// hijacked records the connection an upgrade took from net/http, so Close
+// closes it too; false when the listener is already closed.
+func (l *oneConnListener) hijacked(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.closed:
+		return false
+	default:
+	}
+	l.tunnel = c
+	return true
 }
 
 func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }

@@ -22,8 +22,18 @@ import (
 // trusted RFC 1918 and loopback peers) [UNVERIFIED: the release that made it
 // the default]; without use_remote_address and without XFF a request is
 // external too. So with use_remote_address every request is an edge request.
+//
+// An upgrade request keeps Connection and Upgrade: they go upstream verbatim
+// (whether or not HCM then accepts the upgrade type). Older builds also
+// added content-length: 0 to a bodiless upgrade (runtime
+// http_skip_adding_content_length_to_upgrade, [UNVERIFIED] in 1.40); the sim
+// does not.
 func (s *httpStream) mutateRequestHeaders(h *headerMap) {
-	for _, k := range []string{"connection", "upgrade", "x-envoy-internal", "keep-alive", "proxy-connection", "transfer-encoding"} {
+	if !isUpgrade(h) {
+		h.remove("connection")
+		h.remove("upgrade")
+	}
+	for _, k := range []string{"x-envoy-internal", "keep-alive", "proxy-connection", "transfer-encoding"} {
 		h.remove(k)
 	}
 	proto := "http"

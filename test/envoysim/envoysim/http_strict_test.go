@@ -43,9 +43,20 @@ func TestHTTPStrictAcceptanceRejects(t *testing.T) {
 		l    *listenerv3.Listener
 		want string
 	}{
-		{"HCM field: upgrade_configs", hcmWith(func(h *hcmv3.HttpConnectionManager) {
-			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
-		}), "upgrade_configs not implemented by envoysim"},
+		{"upgrade type twice, ignoring case", hcmWith(func(h *hcmv3.HttpConnectionManager) {
+			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}, {UpgradeType: "WebSocket"}}
+		}), "Error: multiple upgrade configs with the same name: 'WebSocket'"},
+		{"upgrade type CONNECT", hcmWith(func(h *hcmv3.HttpConnectionManager) {
+			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "CONNECT"}}
+		}), "CONNECT) is not implemented by envoysim"},
+		{"upgrade filters without a router", hcmWith(func(h *hcmv3.HttpConnectionManager) {
+			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket",
+				Filters: []*hcmv3.HttpFilter{authzHTTPFilter(t, authzHTTPConfig("authz"))}}}
+		}), "is the last filter in a http upgrade filter chain"},
+		{"upgrade filters with an unknown filter", hcmWith(func(h *hcmv3.HttpConnectionManager) {
+			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket",
+				Filters: []*hcmv3.HttpFilter{httpFilter(t, "lua", &wrapperspb.StringValue{}), routerHTTPFilter(t)}}}
+		}), "Didn't find a registered implementation for 'lua'"},
 		{"HCM field: xff_num_trusted_hops", hcmWith(func(h *hcmv3.HttpConnectionManager) { h.XffNumTrustedHops = 1 }),
 			"xff_num_trusted_hops"},
 		{"no router", hcmWith(func(h *hcmv3.HttpConnectionManager) {
@@ -117,6 +128,9 @@ func TestHTTPRouteConfigRejects(t *testing.T) {
 		{"retry policy", base(func(r *routev3.Route) {
 			r.GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx"}
 		}), "retry_policy not implemented"},
+		{"per-route upgrade_configs", base(func(r *routev3.Route) {
+			r.GetRoute().UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket"}}
+		}), "upgrade_configs not implemented"},
 		{"direct response", base(func(r *routev3.Route) {
 			r.Action = &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 200}}
 		}), "direct_response not implemented"},

@@ -41,6 +41,16 @@ type httpStream struct {
 	readToken   chan struct{}
 	readerDone  chan struct{}
 	details     string // response code details, e.g. ext_authz_denied
+
+	// upgradeRequest: the request asks for an HTTP/1 upgrade (Connection:
+	// upgrade and Upgrade), accepted or not. Its payload is not HTTP, so a
+	// response that does not switch protocols closes the connection.
+	upgradeRequest bool
+	// upgradeType is the Upgrade value of an upgrade HCM accepted
+	// (hcm_upgrade.go); tunnel is set once the 101 went downstream
+	// (httpstream_upgrade.go).
+	upgradeType string
+	tunnel      *downstreamTunnel
 }
 
 // protocol is the value of CheckRequest's request.http.protocol.
@@ -80,6 +90,11 @@ func (hc *hcmConfig) serveStream(dc *downstreamConn, w http.ResponseWriter, r *h
 	s.d.post(s.begin)
 	s.d.run()
 	close(finished)
+	if s.tunnel != nil {
+		// The connection is hijacked: net/http no longer owns it.
+		s.tunnel.wait()
+		return
+	}
 	if s.reading {
 		// Unblock a pending body read; the reader then finds the dispatcher gone.
 		_ = s.rc.SetReadDeadline(time.Now())
@@ -101,16 +116,18 @@ func (s *httpStream) begin() {
 		hc.stats.rqHTTP1.Add(1)
 	}
 	h := requestHeaders(s.req, s.dc.tls != nil)
-	endStream := s.req.Body == nil || s.req.Body == http.NoBody || s.req.ContentLength == 0
-	s.createFilterChain()
-	if isUpgrade(h) {
-		// No upgrade_configs (the sim rejects them): the filter chain has no
-		// upgrade, so HCM refuses the request (upgrade_rejected).
-		hc.stats.wsOnNonWSRoute.Add(1)
-		s.dec.hdrs = h
-		s.sendLocalReply(http.StatusForbidden, "", nil, "upgrade_failed")
-		return
+	upgradeType := ""
+	if s.req.ProtoMajor == 1 {
+		stripH2CUpgrade(h)
+		if isUpgrade(h) {
+			// The HTTP/1 codec enters upgrade mode: the payload after the
+			// headers is the stream's body, so the headers do not end it.
+			s.upgradeRequest = true
+			upgradeType = h.value("upgrade")
+		}
 	}
+	endStream := !s.upgradeRequest && (s.req.Body == nil || s.req.Body == http.NoBody || s.req.ContentLength == 0)
+	upgradeRejected := s.createFilterChain(upgradeType)
 	if strings.EqualFold(h.value("expect"), "100-continue") {
 		// Without proxy_100_continue HCM answers 100 Continue itself (net/http
 		// does, at the first body read) and drops the header.
@@ -123,7 +140,16 @@ func (s *httpStream) begin() {
 		s.sendLocalReply(http.StatusBadRequest, "", nil, "path_normalization_failed")
 		return
 	}
-	if !endStream {
+	s.dec.hdrs = h
+	if upgradeRejected && s.routeEntry() != nil {
+		// An upgrade type HCM does not accept: 403 through the default
+		// filter chain, and the connection closes (saw_connection_close_)
+		// so that no upgrade payload is read as a request.
+		hc.stats.wsOnNonWSRoute.Add(1)
+		s.sendLocalReply(http.StatusForbidden, "", nil, "upgrade_failed")
+		return
+	}
+	if !endStream && !s.upgradeRequest {
 		s.reading = true
 		go s.readBody()
 		s.readToken <- struct{}{}
@@ -131,8 +157,9 @@ func (s *httpStream) begin() {
 	s.dec.onHeaders(h, endStream)
 }
 
-// isUpgrade is Utility::isUpgrade: a Connection header with the upgrade token
-// and an Upgrade header (WebSocket, SPDY for Kubernetes exec and attach).
+// isUpgrade is Utility::isUpgrade: an Upgrade header and a Connection header
+// with the upgrade token (WebSocket; SPDY/3.1 for Kubernetes exec, attach and
+// port-forward).
 func isUpgrade(h *headerMap) bool {
 	if !h.has("upgrade") {
 		return false
@@ -145,6 +172,31 @@ func isUpgrade(h *headerMap) bool {
 		}
 	}
 	return false
+}
+
+// stripH2CUpgrade is what the HTTP/1 codec does to an h2c upgrade, which
+// Envoy does not support: the Upgrade and HTTP2-Settings headers go, and the
+// upgrade and http2-settings tokens leave Connection, so the request is an
+// ordinary one (onHeadersCompleteImpl in source/common/http/http1/codec_impl.cc).
+func stripH2CUpgrade(h *headerMap) {
+	if !isUpgrade(h) || !strings.EqualFold(h.value("upgrade"), "h2c") {
+		return
+	}
+	h.remove("upgrade")
+	h.remove("http2-settings")
+	var keep []string
+	for _, v := range h.values("connection") {
+		for _, tok := range strings.Split(v, ",") {
+			tok = strings.TrimSpace(tok)
+			if tok != "" && !strings.EqualFold(tok, "upgrade") && !strings.EqualFold(tok, "http2-settings") {
+				keep = append(keep, tok)
+			}
+		}
+	}
+	h.remove("connection")
+	if len(keep) > 0 {
+		h.add("connection", strings.Join(keep, ","))
+	}
 }
 
 // requestHeaders is what Envoy's codecs produce: pseudo-headers, then the
@@ -182,9 +234,21 @@ func requestHeaders(r *http.Request, secure bool) *headerMap {
 	return h
 }
 
-// createFilterChain instantiates the HCM's HTTP filters: decoders in order,
-// encoders in reverse order.
-func (s *httpStream) createFilterChain() {
+// createFilterChain instantiates the HCM's HTTP filters, decoders in order
+// and encoders in reverse order: an accepted upgrade's chain, or http_filters.
+// It reports an upgrade HCM refuses (FilterManager::createFilterChain
+// returning false).
+func (s *httpStream) createFilterChain(upgradeType string) (upgradeRejected bool) {
+	factories := s.hcm.filters
+	if upgradeType != "" {
+		fs, ok := s.hcm.upgradeFilters(upgradeType, nil)
+		factories, upgradeRejected = fs, !ok
+		if ok {
+			s.upgradeType = upgradeType
+			s.hcm.stats.upgradesTotal.Add(1)
+			s.hcm.stats.upgradesActive.Add(1)
+		}
+	}
 	s.dec = filterDir{s: s, sinkHeaders: func(*headerMap, bool) {}, sinkData: func(*buffer, bool) {}}
 	s.enc = filterDir{s: s, sinkHeaders: s.encodeDownstreamHeaders, sinkData: s.encodeDownstreamData}
 	type pending struct {
@@ -192,7 +256,7 @@ func (s *httpStream) createFilterChain() {
 		dec, enc *activeFilter
 	}
 	var all []pending
-	for _, fac := range s.hcm.filters {
+	for _, fac := range factories {
 		p := pending{f: fac.create(s, fac.name)}
 		if df, ok := p.f.(decoderFilter); ok {
 			p.dec = &activeFilter{headers: df.decodeHeaders, data: df.decodeData}
@@ -219,6 +283,7 @@ func (s *httpStream) createFilterChain() {
 			in.init(dh, eh)
 		}
 	}
+	return upgradeRejected
 }
 
 func (s *httpStream) readBody() {

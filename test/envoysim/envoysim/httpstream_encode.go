@@ -66,10 +66,22 @@ func (s *httpStream) encodeDownstreamHeaders(h *headerMap, endStream bool) {
 		code = http.StatusBadGateway
 	}
 	// HCM's encodeHeaders: server header overwritten (server_header_transformation
-	// OVERWRITE), connection-level headers dropped.
+	// OVERWRITE), connection-level headers dropped
+	// (ConnectionManagerUtility::mutateResponseHeaders) except Connection
+	// and Upgrade of a response that switches protocols for an upgrade
+	// request.
 	h.set("server", "envoy")
+	switching := s.upgradeRequest && isUpgrade(h)
 	for _, k := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
+		if switching && (k == "connection" || k == "upgrade") {
+			continue
+		}
 		h.remove(k)
+	}
+	if switching && code == http.StatusSwitchingProtocols {
+		s.hcm.stats.rqCode(code)
+		s.startTunnel(h)
+		return
 	}
 	wh := s.w.Header()
 	for _, e := range h.entries {
@@ -79,6 +91,13 @@ func (s *httpStream) encodeDownstreamHeaders(h *headerMap, endStream bool) {
 	}
 	if _, ok := wh["Content-Type"]; !ok {
 		wh["Content-Type"] = nil // no sniffing: Envoy adds no content type
+	}
+	if s.upgradeRequest {
+		// The request's upgrade payload never completes, so HCM drains the
+		// HTTP/1 connection (remoteDecodeComplete is false; after a refused
+		// upgrade, saw_connection_close_): "Connection: close", and
+		// nothing after this response is read as a request.
+		wh.Set("Connection", "close")
 	}
 	s.hcm.stats.rqCode(code)
 	s.w.WriteHeader(code)
@@ -91,6 +110,13 @@ func (s *httpStream) encodeDownstreamHeaders(h *headerMap, endStream bool) {
 
 func (s *httpStream) encodeDownstreamData(b *buffer, endStream bool) {
 	if s.done || !s.headersSent {
+		return
+	}
+	if s.tunnel != nil {
+		s.tunnel.write(b.take())
+		if endStream {
+			s.complete()
+		}
 		return
 	}
 	if b.Len() > 0 {
@@ -134,6 +160,14 @@ func (s *httpStream) finish() {
 	s.done = true
 	close(s.readToken) // a reader waiting for a token ends; one in Read is unblocked by serveStream
 	s.hcm.stats.rqActive.Add(-1)
+	if s.upgradeType != "" {
+		s.hcm.stats.upgradesActive.Add(-1)
+	}
+	if s.tunnel != nil {
+		// Envoy closes the HTTP/1 connection of an ended tunnel after
+		// flushing what it holds (FlushWriteAndDelay).
+		s.tunnel.close()
+	}
 	for _, d := range s.destroyers {
 		d.onDestroy()
 	}

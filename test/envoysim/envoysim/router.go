@@ -57,6 +57,7 @@ type routerFilter struct {
 	sentAt   time.Time
 	started  bool // upstream response headers arrived
 	finished bool
+	upgrade  *upgradeUpstream // an upgrade request's upstream side (router_upgrade.go)
 }
 
 func (f *routerFilter) init(dec, _ *filterHandle) { f.dec = dec }
@@ -86,6 +87,10 @@ func (f *routerFilter) decodeHeaders(h *headerMap, endStream bool) headersStatus
 	}
 	st.counter(f.stat + "upstream_rq_total").Add(1)
 	f.timer = f.s.d.newTimer(f.onResponseTimeout)
+	if f.s.upgradeType != "" {
+		f.startUpgrade(h)
+		return headersStopIteration
+	}
 	f.startUpstream(h, endStream)
 	if endStream {
 		f.onRequestComplete()
@@ -94,6 +99,10 @@ func (f *routerFilter) decodeHeaders(h *headerMap, endStream bool) headersStatus
 }
 
 func (f *routerFilter) decodeData(b *buffer, endStream bool) dataStatus {
+	if f.upgrade != nil {
+		f.upgrade.fromDownstream(b.take())
+		return dataStopNoBuffer
+	}
 	if f.body != nil {
 		f.body.write(b.take(), endStream)
 	}
@@ -125,6 +134,9 @@ func (f *routerFilter) abortUpstream() {
 	if f.body != nil {
 		f.body.abort()
 	}
+	if f.upgrade != nil {
+		f.upgrade.close()
+	}
 }
 
 func (f *routerFilter) onDestroy() {
@@ -133,9 +145,10 @@ func (f *routerFilter) onDestroy() {
 	}
 }
 
-// startUpstream sends the request on a goroutine; its results are posted to
-// the stream's dispatcher.
-func (f *routerFilter) startUpstream(h *headerMap, endStream bool) {
+// newUpstreamRequest is the upstream request for the request headers h: the
+// path as received, the (rewritten) authority, every regular header but
+// content-length, which the codec writes itself.
+func (f *routerFilter) newUpstreamRequest(h *headerMap) (*http.Request, error) {
 	path, query, hasQuery := strings.Cut(h.value(":path"), "?")
 	scheme := "http"
 	if f.ce.tls != nil {
@@ -146,8 +159,7 @@ func (f *routerFilter) startUpstream(h *headerMap, endStream bool) {
 	f.cancel = cancel
 	req, err := http.NewRequestWithContext(ctx, h.value(":method"), u.String(), nil)
 	if err != nil {
-		f.s.sendLocalReply(http.StatusBadRequest, "", nil, "invalid_upstream_request")
-		return
+		return nil, err
 	}
 	req.URL = u
 	req.Host = h.value(":authority")
@@ -156,6 +168,17 @@ func (f *routerFilter) startUpstream(h *headerMap, endStream bool) {
 		if !isPseudo(e.key) && e.key != "content-length" {
 			req.Header.Add(e.key, e.value)
 		}
+	}
+	return req, nil
+}
+
+// startUpstream sends the request on a goroutine; its results are posted to
+// the stream's dispatcher.
+func (f *routerFilter) startUpstream(h *headerMap, endStream bool) {
+	req, err := f.newUpstreamRequest(h)
+	if err != nil {
+		f.s.sendLocalReply(http.StatusBadRequest, "", nil, "invalid_upstream_request")
+		return
 	}
 	switch {
 	case endStream:
@@ -177,20 +200,26 @@ func (f *routerFilter) startUpstream(h *headerMap, endStream bool) {
 			d.post(func() { f.onUpstreamError(err) })
 			return
 		}
-		if !d.post(func() { f.onUpstreamHeaders(resp) }) {
+		f.relayResponse(d, resp)
+	}()
+}
+
+// relayResponse runs on the request's goroutine: it posts the response
+// headers, then each chunk of the body, to the stream's dispatcher.
+func (f *routerFilter) relayResponse(d *dispatcher, resp *http.Response) {
+	if !d.post(func() { f.onUpstreamHeaders(resp) }) {
+		_ = resp.Body.Close()
+		return
+	}
+	buf := make([]byte, readChunkBytes)
+	for {
+		n, err := resp.Body.Read(buf)
+		data := append([]byte(nil), buf[:n]...)
+		if !d.post(func() { f.onUpstreamData(data, err) }) || err != nil {
 			_ = resp.Body.Close()
 			return
 		}
-		buf := make([]byte, readChunkBytes)
-		for {
-			n, err := resp.Body.Read(buf)
-			data := append([]byte(nil), buf[:n]...)
-			if !d.post(func() { f.onUpstreamData(data, err) }) || err != nil {
-				_ = resp.Body.Close()
-				return
-			}
-		}
-	}()
+	}
 }
 
 func (f *routerFilter) onUpstreamError(err error) {
@@ -222,6 +251,26 @@ func (f *routerFilter) onUpstreamHeaders(resp *http.Response) {
 		return
 	}
 	f.started = true
+	h := f.responseHeaders(resp, false)
+	if resp.ContentLength >= 0 && !h.has("content-length") && f.s.req.Method != http.MethodHead {
+		h.add("content-length", strconv.FormatInt(resp.ContentLength, 10))
+	}
+	if !f.cfg.suppressEnvoyHeaders {
+		h.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(f.sentAt).Milliseconds(), 10))
+	}
+	endStream := resp.Body == http.NoBody || resp.ContentLength == 0
+	if endStream {
+		f.onUpstreamComplete()
+	}
+	f.s.details = "via_upstream"
+	f.s.encodeHeaders(h, endStream)
+}
+
+// responseHeaders counts the response in the cluster's stats and converts
+// its headers; connection-level headers go unless keepUpgrade (a 101 that
+// switches protocols keeps Connection and Upgrade, as HCM's
+// mutateResponseHeaders does for upgrades).
+func (f *routerFilter) responseHeaders(resp *http.Response, keepUpgrade bool) *headerMap {
 	st := f.cfg.sim.stats
 	st.counter(f.stat + "upstream_rq_" + strconv.Itoa(resp.StatusCode)).Add(1)
 	st.counter(fmt.Sprintf("%supstream_rq_%dxx", f.stat, resp.StatusCode/100)).Add(1)
@@ -235,25 +284,18 @@ func (f *routerFilter) onUpstreamHeaders(resp *http.Response) {
 	for _, k := range keys {
 		lk := strings.ToLower(k)
 		switch lk {
-		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		case "connection", "upgrade":
+			if !keepUpgrade {
+				continue
+			}
+		case "keep-alive", "proxy-connection", "transfer-encoding":
 			continue
 		}
 		for _, v := range resp.Header[k] {
 			h.add(lk, v)
 		}
 	}
-	if resp.ContentLength >= 0 && !h.has("content-length") && f.s.req.Method != http.MethodHead {
-		h.add("content-length", strconv.FormatInt(resp.ContentLength, 10))
-	}
-	if !f.cfg.suppressEnvoyHeaders {
-		h.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(f.sentAt).Milliseconds(), 10))
-	}
-	endStream := resp.Body == http.NoBody || resp.ContentLength == 0
-	if endStream {
-		f.onUpstreamComplete()
-	}
-	f.s.details = "via_upstream"
-	f.s.encodeHeaders(h, endStream)
+	return h
 }
 
 func (f *routerFilter) onUpstreamData(data []byte, err error) {

@@ -2,7 +2,8 @@ package audit
 
 import (
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/sluicehq/sluice/internal/jsonstr"
 )
 
 // appendEventJSON appends the event's canonical JSON (eventJSON's fields in
@@ -25,7 +26,7 @@ func appendEventJSON(dst []byte, e Event) ([]byte, error) {
 		return nil, err
 	}
 	dst = append(dst, `","kind":`...)
-	dst = appendJSONString(dst, string(e.Kind))
+	dst = jsonstr.Append(dst, string(e.Kind))
 	dst = appendStringField(dst, `,"session_id":`, e.SessionID)
 	dst = appendStringField(dst, `,"request_id":`, e.RequestID)
 	p := e.Principal
@@ -50,7 +51,7 @@ func appendEventJSON(dst []byte, e Event) ([]byte, error) {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendJSONString(dst, c.String())
+			dst = jsonstr.Append(dst, c.String())
 		}
 		dst = append(dst, ']')
 	}
@@ -77,7 +78,7 @@ func appendStringField(dst []byte, name, s string) []byte {
 	if s == "" {
 		return dst
 	}
-	return appendJSONString(append(dst, name...), s)
+	return jsonstr.Append(append(dst, name...), s)
 }
 
 func appendStringsField(dst []byte, name string, ss []string) []byte {
@@ -89,7 +90,7 @@ func appendStringsField(dst []byte, name string, ss []string) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendJSONString(dst, s)
+		dst = jsonstr.Append(dst, s)
 	}
 	return append(dst, ']')
 }
@@ -99,63 +100,6 @@ func appendIntField(dst []byte, name string, n int64) []byte {
 		return dst
 	}
 	return strconv.AppendInt(append(dst, name...), n, 10)
-}
-
-// appendJSONString appends s as a JSON string exactly as encoding/json
-// does with HTML escaping off: quote and backslash escaped, control
-// characters as \b \f \n \r \t or \u00XX, invalid UTF-8 as \ufffd, and
-// U+2028 and U+2029 escaped.
-func appendJSONString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		b := s[i]
-		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch b {
-			case '\\', '"':
-				dst = append(dst, '\\', b)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hex[b>>4], hex[b&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		c, size := utf8.DecodeRuneInString(s[i:])
-		if c == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if c == '\u2028' || c == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hex[c&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // encodedSizeHint is a capacity that holds the event's encoding unless

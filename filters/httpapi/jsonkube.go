@@ -3,6 +3,8 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/sluicehq/sluice/internal/jsonstr"
 )
 
 // What a Kubernetes response means to masking: which objects are
@@ -142,7 +144,7 @@ func (w *walker) lastApplied(i int, secret bool) int {
 	if !in.rep.Masked() {
 		return end
 	}
-	w.buf = appendJSONString(w.buf[:0], in.out)
+	w.buf = jsonstr.Append(w.buf[:0], in.out)
 	w.replaceBytes(i, end, w.buf)
 	w.rep.Values += in.rep.Values - 1
 	for _, d := range in.rep.Detectors {

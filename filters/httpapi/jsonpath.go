@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/sluicehq/sluice/internal/jsonstr"
 )
 
 // jsonPath is a compiled JSON path, in the syntax the package
@@ -233,5 +235,5 @@ func appendPathKey(dst, key []byte) []byte {
 	if short {
 		return append(append(dst, '.'), key...)
 	}
-	return append(appendJSONString(append(dst, '['), key), ']')
+	return append(jsonstr.Append(append(dst, '['), key), ']')
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/sluicehq/sluice/filters/mask"
+	"github.com/sluicehq/sluice/internal/jsonstr"
 )
 
 // Replacements as JSON literals.
@@ -297,7 +298,7 @@ func (w *walker) detect(i, end int) {
 		w.buf = append(w.buf, '"')
 	} else {
 		w.scratch = mask.Redact(w.scratch[:0], text, spans)
-		w.buf = appendJSONString(w.buf[:0], w.scratch)
+		w.buf = jsonstr.Append(w.buf[:0], w.scratch)
 	}
 	w.replaceBytes(i, end, w.buf)
 	for _, s := range spans {

@@ -57,17 +57,8 @@ func (p *Postgres) SetAuth(t testing.TB, role, password, method string) {
 		enc = "md5"
 	}
 	ident := pgx.Identifier{role}.Sanitize()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, p.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, c, exists := p.roleAdmin(t, role)
 	defer c.Close(ctx)
-	var exists bool
-	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
-		t.Fatal(err)
-	}
 	verb := "CREATE"
 	if exists {
 		verb = "ALTER"
@@ -137,17 +128,8 @@ func (p *Postgres) SetCertAuth(t testing.TB, role string) (certFile, keyFile str
 	if p.PKI == nil {
 		t.Fatal("SetCertAuth needs a server started WithTLS")
 	}
-	var exists bool
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, p.DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, c, exists := p.roleAdmin(t, role)
 	defer c.Close(ctx)
-	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
-		t.Fatal(err)
-	}
 	if !exists {
 		if _, err := c.Exec(ctx, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN"); err != nil {
 			t.Fatal(err)
@@ -155,6 +137,23 @@ func (p *Postgres) SetCertAuth(t testing.TB, role string) (certFile, keyFile str
 	}
 	p.WriteHBA(t, role, AuthCert)
 	return p.PKI.ClientCert(role)
+}
+
+// roleAdmin connects as the superuser to database postgres, for up to 30
+// seconds, and says whether role exists. The caller closes c.
+func (p *Postgres) roleAdmin(t testing.TB, role string) (ctx context.Context, c *pgx.Conn, exists bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	c, err := pgx.Connect(ctx, p.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", role).Scan(&exists); err != nil {
+		c.Close(ctx)
+		t.Fatal(err)
+	}
+	return ctx, c, exists
 }
 
 // firstAuthRequest opens a connection as role and names the server's first

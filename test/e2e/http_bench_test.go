@@ -314,20 +314,7 @@ func startHTTPBenchUpstream(t *testing.T) *httpBenchUpstream {
 const httpBenchConfig = `
 server: { xds: %[1]s, authz: %[2]s, extproc: %[3]s, api: 127.0.0.1:%[4]d }
 envoy: { node: e2e-http-bench, listen_address: 127.0.0.1 }
-identity:
-  issuers: [{ issuer: "%[5]s", audiences: [sluice], groups_claim: groups }]
-approvers: { groups: [platform] }
-targets:
-  - name: cluster-api
-    kind: http
-    api: kubernetes
-    port: %[6]d
-    upstream: "https://127.0.0.1:%[7]s"
-    upstream_ca_file: %[8]s
-    upstream_sni: example.com
-    request_timeout: 0s
-    credentials: { bearer_env: SLUICE_E2E_K8S_TOKEN }
-  - name: plain-api
+` + httpClusterAPI + `  - name: plain-api
     kind: http
     api: kubernetes
     port: %[9]d

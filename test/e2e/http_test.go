@@ -30,10 +30,10 @@ import (
 	"github.com/sluicehq/sluice/xds"
 )
 
-const httpPathConfig = `
-server: { xds: %[1]s, authz: %[2]s, extproc: %[3]s, api: 127.0.0.1:%[4]d }
-envoy: { node: e2e-http, listen_address: 127.0.0.1 }
-identity:
+// httpClusterAPI is the identity, approvers and the Kubernetes target
+// every HTTP e2e config shares; %[5]s is the issuer, %[6]d the listener
+// port, %[7]s the fake API server's port and %[8]s its CA file.
+const httpClusterAPI = `identity:
   issuers: [{ issuer: "%[5]s", audiences: [sluice], groups_claim: groups }]
 approvers: { groups: [platform] }
 targets:
@@ -46,7 +46,12 @@ targets:
     upstream_sni: example.com
     request_timeout: 0s
     credentials: { bearer_env: SLUICE_E2E_K8S_TOKEN }
-policies:
+`
+
+const httpPathConfig = `
+server: { xds: %[1]s, authz: %[2]s, extproc: %[3]s, api: 127.0.0.1:%[4]d }
+envoy: { node: e2e-http, listen_address: 127.0.0.1 }
+` + httpClusterAPI + `policies:
   - name: agents-on-cluster
     targets: [cluster-api]
     principals: { groups: [agents] }

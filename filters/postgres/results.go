@@ -44,9 +44,12 @@ func (p *ResultPlan) masks() bool {
 // exists" is in the DETAIL, a RAISE may put anything in the message. With
 // column rules, the DETAIL (where Postgres puts values) is withheld, since
 // sluice cannot tell which column a quoted value came from; detector hits
-// are redacted in every text field. The SQLSTATE and the rest stay, so a
+// are redacted in every text field. Fields of a code Postgres does not
+// document are dropped: sluice cannot tell what they carry, and pgproto3
+// would re-encode them in map order. The SQLSTATE and the rest stay, so a
 // client still knows what went wrong.
 func scrubError(e *pgproto3.ErrorResponse, p *ResultPlan) *pgproto3.ErrorResponse {
+	e.UnknownFields = nil
 	if p.MaskColumn != nil && e.Detail != "" {
 		e.Detail = "sluice: detail withheld, it may quote values that masking hides"
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	// modernc.org/sqlite is SQLite transpiled to Go: no cgo, so the one
@@ -55,6 +56,10 @@ type sqliteDB struct {
 
 	stmtMu sync.Mutex
 	stmts  map[int]*sql.Stmt // n-row INSERTs prepared on w
+
+	// catchUp asks the writer to finish the checkpointer's work (see
+	// checkpointWAL): set when a background checkpoint left a large WAL.
+	catchUp atomic.Bool
 }
 
 // walCheckpointEvery is how often the WAL is folded into the database.
@@ -64,7 +69,17 @@ type sqliteDB struct {
 // keep each flush short: at 20,000 events/s the p99 append wait was
 // 11-21 ms with 200 ms against 26-55 ms with 1 s, at the same throughput
 // (BENCHMARKS.md, "Audit trail").
-const walCheckpointEvery = 200 * time.Millisecond
+var walCheckpointEvery = 200 * time.Millisecond // a variable for tests
+
+// walCatchUpFrames is the WAL length (in 4 KiB frames, 64 MiB) past which
+// the writer finishes a checkpoint itself. A PASSIVE checkpoint running
+// beside a writer that never pauses never catches up with it, and SQLite
+// starts the WAL over only once a checkpoint has copied all of it: under
+// a sustained 20,000 events/s the WAL grew by ~50 MB/s, half a gigabyte in
+// ten seconds. Each catch-up stalls the writer for 10-20 ms (its own
+// copy and two flushes), so it is done only when the WAL is this long:
+// the WAL stays within about twice this size. A variable for tests.
+var walCatchUpFrames = 16384
 
 // openSQLite opens (creating unless readOnly) the database file at path.
 // pragmas are extra "name(value)" settings, for tests (max_page_count).
@@ -164,7 +179,10 @@ func (d *sqliteDB) checkpointWAL() {
 		case <-t.C:
 			// PASSIVE never waits for, nor blocks, the writer; a failure
 			// only means the WAL grows until the next try.
-			_, _ = d.ckpt.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+			var busy, frames, copied int
+			if err := d.ckpt.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err == nil && frames >= walCatchUpFrames {
+				d.catchUp.Store(true)
+			}
 		}
 	}
 }
@@ -245,6 +263,13 @@ func (d *sqliteDB) tx(ctx context.Context, _ string, fn func(querier) error) err
 }
 
 func (d *sqliteDB) commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error {
+	if d.catchUp.Swap(false) {
+		// Between two of its own transactions the writer copies what the
+		// background checkpoint did not (the frames written while it ran),
+		// so the checkpoint is complete and this commit starts the WAL
+		// over. A failure leaves the WAL to the next round.
+		_, _ = d.w.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)")
+	}
 	// Multi-row INSERTs: one statement step per sqliteInsertRows events
 	// instead of one per event, each statement prepared once (parsing a
 	// 64-row INSERT cost a fifth of a commit's CPU). They are prepared

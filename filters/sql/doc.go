@@ -16,7 +16,8 @@
 //	   │                                  │ same statement, other constants?
 //	   │                                  │   (Normalize; shape.go) ── yes ─▶ the
 //	   │                                  │   shape's analysis in this text
-//	   │                                  │ pg_query.Parse (cgo)
+//	   │                                  │ parse: libpg_query's JSON (cgo) decoded
+//	   │                                  │   into pg_query's tree (internal/pgjson)
 //	   │                                  │ per statement: walk (classes, tables,
 //	   │                                  │   functions), lineage, lazy fingerprint
 //	   │ ◀─────────────────────── *Analysis (treat as read-only)

@@ -76,6 +76,11 @@ func (sh shape) instantiate(query string) *Analysis {
 // would replace: a number, a quoted string, a dollar-quoted string or a
 // parameter. Without one its shape is its text, which the exact cache
 // already missed, so Normalize is skipped.
+//
+// A query with a NUL byte is never shaped: libpg_query reads C strings,
+// so Normalize drops everything after it, and two queries that differ
+// there would share a key. (The wire protocol cannot carry one: its
+// query strings end at the first NUL.)
 func mayHaveConstants(query string) bool {
-	return strings.ContainsAny(query, "0123456789'$")
+	return strings.ContainsAny(query, "0123456789'$") && strings.IndexByte(query, 0) < 0
 }

@@ -123,13 +123,7 @@ func TestPostgresCertAuthRefused(t *testing.T) {
 			if err == nil || !strings.Contains(stderr, "FATAL:  "+want) {
 				t.Errorf("psql: %v\n%s", err, stderr)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			c, err := p.pgx(ctx, p.token("agent-1"))
-			if err == nil {
-				c.Close(ctx)
-				t.Fatal("pgx logged in")
-			}
+			err = pgxRefused(t, p)
 			var pe *pgconn.PgError
 			if !errors.As(err, &pe) || pe.Severity != "FATAL" || pe.Code != "28000" || pe.Message != want {
 				t.Errorf("pgx: %v, want FATAL 28000 %q", err, want)
@@ -138,6 +132,20 @@ func TestPostgresCertAuthRefused(t *testing.T) {
 			p.sim.RequireNoViolations(t)
 		})
 	}
+}
+
+// pgxRefused connects with pgx as agent-1, for up to 20 seconds, and
+// returns why it could not; logging in fails the test.
+func pgxRefused(t *testing.T, p *pgPath) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := p.pgx(ctx, p.token("agent-1"))
+	if err == nil {
+		c.Close(ctx)
+		t.Fatal("pgx logged in")
+	}
+	return err
 }
 
 // TestPostgresCertAuthNoTLS: a certificate the server's CA did not sign,
@@ -173,13 +181,7 @@ func TestPostgresCertAuthNoTLS(t *testing.T) {
 			if err == nil || !strings.Contains(stderr, "server closed the connection unexpectedly") {
 				t.Errorf("psql: %v\n%s", err, stderr)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			c, err := p.pgx(ctx, p.token("agent-1"))
-			if err == nil {
-				c.Close(ctx)
-				t.Fatal("pgx logged in")
-			}
+			err = pgxRefused(t, p)
 			if errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 15*time.Second {
 				t.Errorf("the refusal took %s: %v", time.Since(start), err)
 			}

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/grpc"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
@@ -202,28 +201,12 @@ func startHTTPPathWith(t *testing.T, config string, clients ...testenv.OIDCClien
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []struct {
-		lis net.Listener
-		reg func(*grpc.Server)
-	}{{authzLis, authzSrv.Register}, {procLis, proc.Register}} {
-		g := grpc.NewServer()
-		s.reg(g)
-		go g.Serve(s.lis)
-		t.Cleanup(g.Stop)
-	}
+	serveGRPCOn(t, authzLis, authzSrv.Register)
+	serveGRPCOn(t, procLis, proc.Register)
 	if err := xdsSrv.Update(cfg); err != nil {
 		t.Fatal(err)
 	}
-	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-http"}), envoysim.WithLogf(simLog(t)))
-	t.Cleanup(func() { sim.Close() })
-	if err := sim.ConnectADS(xdsAddr); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := sim.WaitFor(ctx, func() bool { return sim.ListenerAddr("cluster-api") != "" }); err != nil {
-		t.Fatal(err)
-	}
+	sim := startSim(t, xdsAddr, "cluster-api", envoysim.WithNode(&corev3.Node{Id: "e2e-http"}), envoysim.WithLogf(simLog(t)))
 	return &httpPath{t: t, kube: kube, idp: idp, sim: sim, audit: rec, store: store, base: "http://" + sim.ListenerAddr("cluster-api")}
 }
 

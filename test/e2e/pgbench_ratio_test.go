@@ -518,28 +518,12 @@ func startBenchGateway(t *testing.T, pg *testenv.Postgres, idp *testenv.OIDCProv
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []struct {
-		lis net.Listener
-		reg func(*grpc.Server)
-	}{{authzLis, authzSrv.Register}, {extprocLis, func(g *grpc.Server) { netextprocv3.RegisterNetworkExternalProcessorServer(g, proc) }}} {
-		g := grpc.NewServer()
-		s.reg(g)
-		go g.Serve(s.lis)
-		t.Cleanup(g.Stop)
-	}
+	serveGRPCOn(t, authzLis, authzSrv.Register)
+	serveGRPCOn(t, extprocLis, func(g *grpc.Server) { netextprocv3.RegisterNetworkExternalProcessorServer(g, proc) })
 	if err := xdsSrv.Update(cfg); err != nil {
 		t.Fatal(err)
 	}
-	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-pg"}), envoysim.WithCloseThroughFilterManager(true))
-	t.Cleanup(func() { sim.Close() })
-	if err := sim.ConnectADS(xdsAddr); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := sim.WaitFor(ctx, func() bool { return sim.ListenerAddr("orders-db") != "" }); err != nil {
-		t.Fatal(err)
-	}
+	sim := startSim(t, xdsAddr, "orders-db", envoysim.WithNode(&corev3.Node{Id: "e2e-pg"}), envoysim.WithCloseThroughFilterManager(true))
 	_, port, _ := net.SplitHostPort(sim.ListenerAddr("orders-db"))
 	return &benchGateway{sim: sim, port: port}
 }

@@ -14,7 +14,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
@@ -154,15 +153,8 @@ func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []struct {
-		lis net.Listener
-		reg func(*grpc.Server)
-	}{{authzLis, authzSrv.Register}, {extprocLis, netSrv.Register}} {
-		g := grpc.NewServer()
-		s.reg(g)
-		go g.Serve(s.lis)
-		t.Cleanup(g.Stop)
-	}
+	serveGRPCOn(t, authzLis, authzSrv.Register)
+	serveGRPCOn(t, extprocLis, netSrv.Register)
 	if err := xdsSrv.Update(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -173,17 +165,8 @@ func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 	// downstream. With the flag off Envoy would not wait for sluice's
 	// answer to the chunk holding that FATAL, and the agent would see the
 	// connection drop without the reason (envoy-contract.md section 0.1).
-	sim := envoysim.New(envoysim.WithNode(&corev3.Node{Id: "e2e-pg"}), envoysim.WithLogf(simLog(t)),
+	sim := startSim(t, xdsAddr, "orders-db", envoysim.WithNode(&corev3.Node{Id: "e2e-pg"}), envoysim.WithLogf(simLog(t)),
 		envoysim.WithCloseThroughFilterManager(true))
-	t.Cleanup(func() { sim.Close() })
-	if err := sim.ConnectADS(xdsAddr); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := sim.WaitFor(ctx, func() bool { return sim.ListenerAddr("orders-db") != "" }); err != nil {
-		t.Fatal(err)
-	}
 	addr := sim.ListenerAddr("orders-db")
 	_, port, _ := net.SplitHostPort(addr)
 	return &pgPath{t: t, pg: pg, idp: idp, sim: sim, audit: rec, addr: addr, port: port, upPass: upstreamPassword}, store

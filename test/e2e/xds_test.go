@@ -42,11 +42,34 @@ func serveGRPC(t *testing.T, register func(*grpc.Server)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveGRPCOn(t, lis, register)
+	return lis.Addr().String()
+}
+
+// serveGRPCOn serves register's services on lis until the test ends.
+func serveGRPCOn(t *testing.T, lis net.Listener, register func(*grpc.Server)) {
 	g := grpc.NewServer()
 	register(g)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
-	return lis.Addr().String()
+}
+
+// startSim starts a stand-in with opts, subscribes it to sluice's ADS at
+// xdsAddr and waits, up to 20 s, until the listener named ready is active.
+// The stand-in closes when the test ends.
+func startSim(t *testing.T, xdsAddr, ready string, opts ...envoysim.Option) *envoysim.Sim {
+	t.Helper()
+	sim := envoysim.New(opts...)
+	t.Cleanup(func() { sim.Close() })
+	if err := sim.ConnectADS(xdsAddr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := sim.WaitFor(ctx, func() bool { return sim.ListenerAddr(ready) != "" }); err != nil {
+		t.Fatalf("listener %s not active: %v", ready, err)
+	}
+	return sim
 }
 
 const postgresTargets = `

@@ -42,7 +42,8 @@ var seeded = []string{
 func policyGate(cfg *policies.Config, g authz.GrantStore, sink audit.Sink) postgres.Gate {
 	config := func() *policies.Config { return cfg }
 	return &extproc.PolicyGate{Analyzer: sql.New(), Config: config, Grants: g, Audit: sink, Now: time.Now,
-		Views: &extproc.ViewCatalog{Config: config}}
+		// A short MinReload: a test creating a view need not wait a second.
+		Views: &extproc.ViewCatalog{Config: config, MinReload: 20 * time.Millisecond}}
 }
 
 func seedCustomers(t *testing.T, p *pgPath) {
@@ -184,7 +185,7 @@ func TestPostgresMaskingEveryShape(t *testing.T) {
 	// A view created after the catalog was loaded: its name is unknown,
 	// so the catalog reloads before the statement's rows are planned.
 	p.pg.AdminExec(t, "orders", `CREATE VIEW v_late AS SELECT name AS n, profile AS blob FROM customers`, "GRANT SELECT ON v_late TO app")
-	time.Sleep(1100 * time.Millisecond) // past the catalog's MinReload
+	time.Sleep(50 * time.Millisecond) // past the catalog's MinReload
 	for _, q := range []string{"SELECT * FROM v_late", "SELECT blob, n FROM v_late"} {
 		rows, err := conn.Query(ctx, q)
 		if err != nil {

@@ -162,7 +162,7 @@ func (vc *ViewCatalog) Relations(ctx context.Context, target string, names []str
 }
 
 // Invalidate drops what is known of the target, so the next statement
-// loads it again: serve calls it after DDL ran through the gateway.
+// loads it again: the gate calls it after DDL ran through the gateway.
 func (vc *ViewCatalog) Invalidate(target string) {
 	vc.mu.Lock()
 	tc := vc.targets[target]

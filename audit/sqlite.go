@@ -53,6 +53,11 @@ type sqliteDB struct {
 	ckpt     *sql.DB
 	stopCkpt chan struct{}
 	ckptDone chan struct{}
+	// dbFile is the database file, which the checkpointer flushes after
+	// each checkpoint that copied pages (see checkpointWAL); dbFlushes
+	// counts those flushes.
+	dbFile    *os.File
+	dbFlushes atomic.Int64
 
 	stmtMu sync.Mutex
 	stmts  map[int]*sql.Stmt // n-row INSERTs prepared on w
@@ -62,27 +67,26 @@ type sqliteDB struct {
 	catchUp atomic.Bool
 }
 
-// walCheckpointEvery is how often the WAL is folded into the database.
-// A checkpoint ends with an fsync of the database file, and while that
-// flush runs the writer's fdatasync of the WAL on the same disk waits
-// behind it (30-50 ms on the 2-vCPU test VM). Frequent small checkpoints
-// keep each flush short: at 20,000 events/s the p99 append wait was
-// 11-21 ms with 200 ms against 26-55 ms with 1 s, at the same throughput
-// (BENCHMARKS.md, "Audit trail").
+// walCheckpointEvery is how often the WAL is folded into the database,
+// and the database file flushed (see checkpointWAL). While that flush
+// runs, the writer's fdatasync of the WAL on the same disk waits behind
+// it, so each flush is kept to what 200 ms of appends wrote: at 10,000
+// events/s the p99 append wait was 15-16 ms with 200 ms against 22 ms
+// with 50 ms and 36 ms with 1 s (BENCHMARKS.md, "Audit trail").
 var walCheckpointEvery = 200 * time.Millisecond // a variable for tests
 
-// walCatchUpFrames is the WAL length (in 4 KiB frames, 256 MiB) past which
+// walCatchUpFrames is the WAL length (in 4 KiB frames, 64 MiB) past which
 // the writer finishes a checkpoint itself. A PASSIVE checkpoint running
 // beside a writer that never pauses never catches up with it, and SQLite
 // starts the WAL over only once a checkpoint has copied all of it: under
 // a sustained 20,000 events/s the WAL grew by ~50 MB/s, half a gigabyte in
-// ten seconds. Each catch-up stalls the writer for 10-20 ms (its own copy
-// and two flushes), so it is done rarely: at 64 MiB the stalls set the
-// p99.9 (81-83 ms), at 256 MiB the p99.9 was 16-18 ms and the p99 8.1-8.6
-// ms instead of 9.8-10.1 (BENCHMARKS.md). The WAL file then stays within
-// about this size plus what is written while a catch-up is pending. A
-// variable for tests.
-var walCatchUpFrames = 65536
+// ten seconds. A catch-up copies what the last background checkpoint
+// missed and flushes both files, 2-6 ms of writer time now that the
+// background checkpoint has already flushed the database file (it was
+// 60-180 ms before). The WAL file then stays within about this size plus
+// what is written while a catch-up is pending, and is rewritten in place
+// rather than grown. A variable for tests.
+var walCatchUpFrames = 16384
 
 // openSQLite opens (creating unless readOnly) the database file at path.
 // pragmas are extra "name(value)" settings, for tests (max_page_count).
@@ -133,6 +137,11 @@ func openSQLite(ctx context.Context, path string, readOnly bool, pragmas []strin
 			return nil, err
 		}
 		db.ckpt.SetMaxOpenConns(1)
+		if db.dbFile, err = os.Open(path); err != nil {
+			db.ckpt.Close()
+			db.w.Close()
+			return nil, err
+		}
 		db.stopCkpt, db.ckptDone = make(chan struct{}), make(chan struct{})
 		go db.checkpointWAL()
 	}
@@ -175,6 +184,7 @@ func (d *sqliteDB) checkpointWAL() {
 	defer close(d.ckptDone)
 	t := time.NewTicker(walCheckpointEvery)
 	defer t.Stop()
+	lastCopied := 0
 	for {
 		select {
 		case <-d.stopCkpt:
@@ -183,7 +193,25 @@ func (d *sqliteDB) checkpointWAL() {
 			// PASSIVE never waits for, nor blocks, the writer; a failure
 			// only means the WAL grows until the next try.
 			var busy, frames, copied int
-			if err := d.ckpt.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err == nil && frames >= walCatchUpFrames {
+			if err := d.ckpt.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err != nil {
+				continue
+			}
+			if copied != lastCopied {
+				// SQLite flushes the database file only in a checkpoint
+				// that copies the whole WAL, and beside a writer that never
+				// pauses a PASSIVE one never does: the pages it copied
+				// stayed dirty in the page cache until the writer's
+				// catch-up (or the kernel's writeback, 30 s later) flushed
+				// them all at once, a 60-180 ms stall of every append.
+				// Flushing here, a few megabytes at a time, keeps the
+				// catch-up to 2-6 ms. A failed flush is harmless: the
+				// catch-up's own flush covers the same pages.
+				if fdatasync(d.dbFile) == nil {
+					d.dbFlushes.Add(1)
+				}
+				lastCopied = copied
+			}
+			if frames >= walCatchUpFrames {
 				d.catchUp.Store(true)
 			}
 		}
@@ -197,6 +225,7 @@ func (d *sqliteDB) close() error {
 		<-d.ckptDone
 		_, _ = d.ckpt.Exec("PRAGMA wal_checkpoint(TRUNCATE)")
 		d.ckpt.Close()
+		d.dbFile.Close()
 	}
 	if d.w != nil {
 		for _, st := range d.stmts {

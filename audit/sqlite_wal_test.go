@@ -54,3 +54,40 @@ func TestSQLiteWALStaysBounded(t *testing.T) {
 		t.Errorf("WAL reached %d KiB after %d appends: not started over", largest>>10, appended)
 	}
 }
+
+// TestSQLiteCheckpointFlushesDatabase: the background checkpoint flushes
+// the database file itself. SQLite does so only in a checkpoint that
+// copies the whole WAL, which one running beside a busy writer never
+// does; the copied pages then waited in the page cache for the writer's
+// catch-up to flush them all at once (60-180 ms, every append stalled).
+// Here appends never pause, so no checkpoint can complete: without the
+// checkpointer's own flush the count stays at zero.
+func TestSQLiteCheckpointFlushesDatabase(t *testing.T) {
+	defer func(d time.Duration) { walCheckpointEvery = d }(walCheckpointEvery)
+	walCheckpointEvery = 20 * time.Millisecond
+	s := open(t, "sqlite://"+filepath.Join(t.TempDir(), "audit.db"), newKey(t))
+	defer s.Close()
+	db := s.(*store).db.(*sqliteDB)
+	ev := statement("agent-1", "orders-db", "SELECT 1", policies.ClassRead)
+	ctx := context.Background()
+	stop := time.Now().Add(500 * time.Millisecond) // many checkpoint rounds
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(stop) {
+				if err := s.Append(ctx, ev); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := db.dbFlushes.Load(); n == 0 {
+		t.Error("no checkpoint flushed the database file")
+	} else {
+		t.Logf("%d flushes of the database file", n)
+	}
+}

@@ -53,11 +53,11 @@ type sqliteDB struct {
 	ckpt     *sql.DB
 	stopCkpt chan struct{}
 	ckptDone chan struct{}
-	// dbFile is the database file, which the checkpointer flushes after
-	// each checkpoint that copied pages (see checkpointWAL); dbFlushes
-	// counts those flushes.
-	dbFile    *os.File
-	dbFlushes atomic.Int64
+	// dbFile is the database file, whose writing to the disk the
+	// checkpointer starts after each checkpoint that copied pages (see
+	// writeBack); writeBacks counts the pieces started.
+	dbFile     *os.File
+	writeBacks atomic.Int64
 
 	stmtMu sync.Mutex
 	stmts  map[int]*sql.Stmt // n-row INSERTs prepared on w
@@ -67,12 +67,11 @@ type sqliteDB struct {
 	catchUp atomic.Bool
 }
 
-// walCheckpointEvery is how often the WAL is folded into the database,
-// and the database file flushed (see checkpointWAL). While that flush
-// runs, the writer's fdatasync of the WAL on the same disk waits behind
-// it, so each flush is kept to what 200 ms of appends wrote: at 10,000
-// events/s the p99 append wait was 15-16 ms with 200 ms against 22 ms
-// with 50 ms and 36 ms with 1 s (BENCHMARKS.md, "Audit trail").
+// walCheckpointEvery is how often the WAL is folded into the database
+// file, whose copied pages writeBack then sends to the disk over the next
+// interval. Short rounds keep each round's I/O small: at 10,000 events/s
+// (with a flush after each round) the p99 append wait was 15-16 ms at
+// 200 ms against 22 ms at 50 ms and 36 ms at 1 s (BENCHMARKS.md, "Audit").
 var walCheckpointEvery = 200 * time.Millisecond // a variable for tests
 
 // walCatchUpFrames is the WAL length (in 4 KiB frames, 64 MiB) past which
@@ -81,11 +80,12 @@ var walCheckpointEvery = 200 * time.Millisecond // a variable for tests
 // starts the WAL over only once a checkpoint has copied all of it: under
 // a sustained 20,000 events/s the WAL grew by ~50 MB/s, half a gigabyte in
 // ten seconds. A catch-up copies what the last background checkpoint
-// missed and flushes both files, 2-6 ms of writer time now that the
-// background checkpoint has already flushed the database file (it was
-// 60-180 ms before). The WAL file then stays within about this size plus
-// what is written while a catch-up is pending, and is rewritten in place
-// rather than grown. A variable for tests.
+// missed and flushes both files: 3-6 ms of writer time, since the
+// background checkpoint flushes the database file just before it asks
+// (it was 64-176 ms when the pages of every round were left to it). The
+// WAL file then stays within about this size plus what is written while
+// a catch-up is pending, and is rewritten in place rather than grown. A
+// variable for tests.
 var walCatchUpFrames = 16384
 
 // openSQLite opens (creating unless readOnly) the database file at path.
@@ -184,39 +184,101 @@ func (d *sqliteDB) checkpointWAL() {
 	defer close(d.ckptDone)
 	t := time.NewTicker(walCheckpointEvery)
 	defer t.Stop()
-	lastCopied := 0
+	lastCopied, writtenTo := 0, int64(0)
+	if fi, err := d.dbFile.Stat(); err == nil {
+		writtenTo = fi.Size() // what was there at open is on the disk
+	}
 	for {
 		select {
 		case <-d.stopCkpt:
 			return
 		case <-t.C:
+			if d.catchUp.Load() {
+				// The writer is finishing this round itself; a checkpoint
+				// here would hold the lock it needs.
+				continue
+			}
 			// PASSIVE never waits for, nor blocks, the writer; a failure
 			// only means the WAL grows until the next try.
 			var busy, frames, copied int
 			if err := d.ckpt.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied); err != nil {
 				continue
 			}
-			if copied != lastCopied {
-				// SQLite flushes the database file only in a checkpoint
-				// that copies the whole WAL, and beside a writer that never
-				// pauses a PASSIVE one never does: the pages it copied
-				// stayed dirty in the page cache until the writer's
-				// catch-up (or the kernel's writeback, 30 s later) flushed
-				// them all at once, a 60-180 ms stall of every append.
-				// Flushing here, a few megabytes at a time, keeps the
-				// catch-up to 2-6 ms. A failed flush is harmless: the
-				// catch-up's own flush covers the same pages.
-				if fdatasync(d.dbFile) == nil {
-					d.dbFlushes.Add(1)
+			switch {
+			case frames >= walCatchUpFrames:
+				// The writer's catch-up must make every page copied so
+				// far durable before the WAL starts over. Flushed now, the
+				// pages of this round are (those of earlier rounds were
+				// written back already), so the catch-up itself has only
+				// the frames written since to copy and flush: 3-6 ms
+				// rather than the 23-40 ms it took after a write-back
+				// round (whose 200 ms of new frames it had to copy).
+				_ = fdatasync(d.dbFile)
+				if fi, err := d.dbFile.Stat(); err == nil {
+					writtenTo = fi.Size()
 				}
-				lastCopied = copied
-			}
-			if frames >= walCatchUpFrames {
 				d.catchUp.Store(true)
+			case copied != lastCopied:
+				d.writeBack(&writtenTo)
 			}
+			lastCopied = copied
 		}
 	}
 }
+
+// writeBack starts writing to the disk what the last checkpoint copied
+// into the database file, in writeBackChunk pieces spread over one
+// checkpoint interval, beginning writeBackSlack before where the last
+// round ended (the file grows at its end, where new pages and the pages
+// last appended to are). *from is where the last round ended.
+//
+// SQLite flushes the database file only in a checkpoint that copies the
+// whole WAL, and beside a writer that never pauses a PASSIVE checkpoint
+// never does: the pages it copied stayed dirty in the page cache until
+// the writer's catch-up (or the kernel's writeback, 30 s later) flushed
+// them all at once, and the catch-up took 64-176 ms while every append
+// waited. Flushing them after each checkpoint (one fdatasync of a few
+// megabytes) made the catch-up 2-6 ms, but the WAL's fdatasync waited
+// behind each of those flushes five times a second. Only the round that
+// asks for a catch-up flushes now (checkpointWAL). Writing the pages in
+// small pieces instead keeps the disk's queue short whenever the WAL is
+// flushed (BENCHMARKS.md, "Audit": at 20,000 events/s offered, p99 17-27
+// ms against 24-31 ms with the flush and 188-302 ms with neither; closed
+// loop at 64 writers 7-10 ms against 15-16 ms and 6.7-7.7 ms). Pieces of
+// 16 KiB measured worse, 256 KiB the same. None of this makes anything
+// durable, and nothing relies on it: the catch-up's flush still covers
+// every page.
+func (d *sqliteDB) writeBack(from *int64) {
+	fi, err := d.dbFile.Stat()
+	if err != nil {
+		return
+	}
+	end := fi.Size()
+	start := max(0, min(*from, end)-writeBackSlack) &^ (writeBackChunk - 1)
+	*from = end
+	pieces := (end - start + writeBackChunk - 1) / writeBackChunk
+	gap := walCheckpointEvery / time.Duration(max(pieces, 1))
+	pace := time.NewTimer(0)
+	defer pace.Stop()
+	for off := start; off < end; off += writeBackChunk {
+		select {
+		case <-d.stopCkpt:
+			return
+		case <-pace.C:
+		}
+		if startWriteback(d.dbFile, off, writeBackChunk) != nil {
+			return
+		}
+		d.writeBacks.Add(1)
+		pace.Reset(gap)
+	}
+}
+
+// writeBackChunk and writeBackSlack shape writeBack's rounds.
+const (
+	writeBackChunk = 64 << 10
+	writeBackSlack = 1 << 20
+)
 
 func (d *sqliteDB) close() error {
 	var err error
@@ -295,12 +357,17 @@ func (d *sqliteDB) tx(ctx context.Context, _ string, fn func(querier) error) err
 }
 
 func (d *sqliteDB) commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error {
-	if d.catchUp.Swap(false) {
+	if d.catchUp.Load() {
 		// Between two of its own transactions the writer copies what the
 		// background checkpoint did not (the frames written while it ran),
 		// so the checkpoint is complete and this commit starts the WAL
-		// over. A failure leaves the WAL to the next round.
-		_, _ = d.w.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)")
+		// over. If it could not (busy: another checkpoint held the lock),
+		// the next commit tries again.
+		var busy, frames, copied int
+		err := d.w.QueryRowContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &frames, &copied)
+		if err == nil && busy == 0 && copied == frames {
+			d.catchUp.Store(false)
+		}
 	}
 	// Multi-row INSERTs: one statement step per sqliteInsertRows events
 	// instead of one per event, each statement prepared once (parsing a

@@ -23,30 +23,16 @@ func TestSQLiteWALStaysBounded(t *testing.T) {
 	s := open(t, "sqlite://"+path, newKey(t))
 	defer s.Close()
 	ev := statement("agent-1", "orders-db", "SELECT id, status, total FROM orders WHERE customer_id = $1 ORDER BY id DESC LIMIT 50", policies.ClassRead)
-	ctx := context.Background()
-	stop := time.Now().Add(1500 * time.Millisecond) // several checkpoint rounds
-	var wg sync.WaitGroup
 	var mu sync.Mutex
 	appended, largest := 0, int64(0)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for time.Now().Before(stop) {
-				if err := s.Append(ctx, ev); err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				appended++
-				if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() > largest {
-					largest = fi.Size()
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	appendFor(t, s, ev, 8, 1500*time.Millisecond, func() { // several checkpoint rounds
+		mu.Lock()
+		defer mu.Unlock()
+		appended++
+		if fi, err := os.Stat(path + "-wal"); err == nil && fi.Size() > largest {
+			largest = fi.Size()
+		}
+	})
 	// Every append writes its row, 900 bytes or more, to the WAL; without
 	// the writer's catch-up the WAL holds every one of them.
 	t.Logf("%d appends, largest WAL %d KiB", appended, largest>>10)
@@ -70,10 +56,21 @@ func TestSQLiteCheckpointWritesBack(t *testing.T) {
 	defer s.Close()
 	db := s.(*store).db.(*sqliteDB)
 	ev := statement("agent-1", "orders-db", "SELECT 1", policies.ClassRead)
+	appendFor(t, s, ev, 8, 500*time.Millisecond, nil) // many checkpoint rounds
+	if n := db.writeBacks.Load(); n == 0 {
+		t.Error("no checkpoint started writing the database file back")
+	} else {
+		t.Logf("%d pieces of the database file written back", n)
+	}
+}
+
+// appendFor has writers goroutines append ev to s without a pause for d,
+// calling each (when set) after every append.
+func appendFor(t *testing.T, s Store, ev Event, writers int, d time.Duration, each func()) {
 	ctx := context.Background()
-	stop := time.Now().Add(500 * time.Millisecond) // many checkpoint rounds
+	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
-	for range 8 {
+	for range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -82,13 +79,11 @@ func TestSQLiteCheckpointWritesBack(t *testing.T) {
 					t.Error(err)
 					return
 				}
+				if each != nil {
+					each()
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	if n := db.writeBacks.Load(); n == 0 {
-		t.Error("no checkpoint started writing the database file back")
-	} else {
-		t.Logf("%d pieces of the database file written back", n)
-	}
 }

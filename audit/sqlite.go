@@ -243,8 +243,8 @@ func (d *sqliteDB) checkpointWAL() {
 // asks for a catch-up flushes now (checkpointWAL). Writing the pages in
 // small pieces instead keeps the disk's queue short whenever the WAL is
 // flushed (BENCHMARKS.md, "Audit": at 20,000 events/s offered, p99 17-27
-// ms against 24-31 ms with the flush and 188-302 ms with neither; closed
-// loop at 64 writers 7-10 ms against 15-16 ms and 6.7-7.7 ms). Pieces of
+// ms against 23-31 ms with the flush and 170-302 ms with neither; closed
+// loop at 64 writers 7-10 ms against 14.6-15.6 ms and 6.7-7.7 ms). Pieces of
 // 16 KiB measured worse, 256 KiB the same. None of this makes anything
 // durable, and nothing relies on it: the catch-up's flush still covers
 // every page.

@@ -212,7 +212,10 @@ func (d *sqliteDB) checkpointWAL() {
 				// written back already), so the catch-up itself has only
 				// the frames written since to copy and flush: 3-6 ms
 				// rather than the 23-40 ms it took after a write-back
-				// round (whose 200 ms of new frames it had to copy).
+				// round (whose 200 ms of new frames it had to copy). An
+				// error here is SQLite's too: Linux reports a failed
+				// writeback to every open file of it, so the catch-up's own
+				// flush fails and the WAL, holding every frame, is kept.
 				_ = fdatasync(d.dbFile)
 				if fi, err := d.dbFile.Stat(); err == nil {
 					writtenTo = fi.Size()

@@ -61,10 +61,12 @@ func BenchmarkAppendPostgres(b *testing.B) {
 // wait stays below that; 256 writers leave room for the waits to grow
 // without cutting the rate. store=none runs the same schedule against a
 // store that only encodes: its waits are the harness's own lateness (Go
-// timers on a busy machine), part of every figure beside it. Run with a
-// fixed count, e.g. -benchtime 200000x (ten seconds at the budget rate).
+// timers on a busy machine), part of every figure beside it. store=floor
+// is the least a durable group commit can do here (floorStore). Run with
+// a fixed count, e.g. -benchtime 200000x (ten seconds at the budget rate).
 // SLUICE_AUDIT_BENCH_RATE offers another rate (appends per second), for
-// the wait at lighter loads.
+// the wait at lighter loads; SLUICE_AUDIT_BENCH_SPIN=f keeps a fraction f
+// of one core busy meanwhile, as other work on the same cores would.
 func BenchmarkAppendRate(b *testing.B) {
 	rate := 20000.0
 	if v := os.Getenv("SLUICE_AUDIT_BENCH_RATE"); v != "" {
@@ -74,9 +76,21 @@ func BenchmarkAppendRate(b *testing.B) {
 		}
 		rate = r
 	}
+	if v := os.Getenv("SLUICE_AUDIT_BENCH_SPIN"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f <= 0 || f > 1 {
+			b.Fatalf("SLUICE_AUDIT_BENCH_SPIN=%q: want a fraction of a core, in (0, 1]", v)
+		}
+		defer burn(f)()
+	}
 	for _, n := range []int{64, 256} {
 		b.Run(fmt.Sprintf("writers=%d/store=none", n), func(b *testing.B) {
 			benchAppendAt(b, encodeOnly{}, n, rate)
+		})
+		b.Run(fmt.Sprintf("writers=%d/store=floor", n), func(b *testing.B) {
+			s := newFloorStore(b)
+			defer s.Close()
+			benchAppendAt(b, s, n, rate)
 		})
 		b.Run(fmt.Sprintf("writers=%d/store=sqlite", n), func(b *testing.B) {
 			s := open(b, "sqlite://"+filepath.Join(b.TempDir(), "audit.db"), newKey(b))

@@ -1,0 +1,137 @@
+package audit
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// floorStore is the least any durable group commit can do on this disk,
+// a measuring stick rather than a store: each batch of appends (their
+// encoded events, as a store would have them) is written with one pwrite
+// into a preallocated file and made durable with one fdatasync, the next
+// batch written while the last is synced, as the SQLite store pipelines
+// them. No database, no index, no chain. Beside the real stores its waits
+// show how much of their wait the machine and the harness set.
+type floorStore struct {
+	Store
+	f    *os.File
+	in   chan floorAppend
+	done chan struct{}
+}
+
+type floorAppend struct {
+	body []byte
+	done chan error
+}
+
+// floorSize is the preallocated log: written over from the start when
+// full, so that no fdatasync has to record a new size.
+const floorSize = 256 << 20
+
+func newFloorStore(b *testing.B) *floorStore {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "floor.log"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	zero := make([]byte, 1<<20)
+	for off := int64(0); off < floorSize; off += int64(len(zero)) {
+		if _, err := f.WriteAt(zero, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := fdatasync(f); err != nil {
+		b.Fatal(err)
+	}
+	s := &floorStore{f: f, in: make(chan floorAppend, DefaultMaxBatch), done: make(chan struct{})}
+	go s.run()
+	return s
+}
+
+func (s *floorStore) Append(ctx context.Context, e Event) error {
+	enc, err := encodeEvent(e)
+	if err != nil {
+		return err
+	}
+	a := floorAppend{body: enc.json, done: make(chan error, 1)}
+	s.in <- a
+	return <-a.done
+}
+
+// run writes batches; a second goroutine syncs them, one batch behind.
+func (s *floorStore) run() {
+	defer close(s.done)
+	syncs := make(chan []floorAppend)
+	synced := make(chan struct{})
+	go func() {
+		defer close(synced)
+		for batch := range syncs {
+			err := fdatasync(s.f)
+			for _, a := range batch {
+				a.done <- err
+			}
+		}
+	}()
+	var off int64
+	var buf []byte
+	for a := range s.in {
+		batch := []floorAppend{a}
+	fill:
+		for len(batch) < DefaultMaxBatch {
+			select {
+			case a, ok := <-s.in:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, a)
+			default:
+				break fill
+			}
+		}
+		buf = buf[:0]
+		for _, a := range batch {
+			buf = append(buf, a.body...)
+		}
+		if off+int64(len(buf)) > floorSize {
+			off = 0
+		}
+		if _, err := s.f.WriteAt(buf, off); err != nil {
+			for _, a := range batch {
+				a.done <- err
+			}
+			continue
+		}
+		off += int64(len(buf))
+		syncs <- batch
+	}
+	close(syncs)
+	<-synced
+}
+
+func (s *floorStore) Close() error {
+	close(s.in)
+	<-s.done
+	return s.f.Close()
+}
+
+// burn keeps frac of one core busy, in slices of a millisecond, until the
+// returned stop is called: other work on the same cores, as the gates and
+// a store's own indexing would be.
+func burn(frac float64) (stop func()) {
+	quit := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-quit:
+				return
+			default:
+			}
+			for t := time.Now(); time.Since(t) < time.Duration(frac*float64(time.Millisecond)); {
+			}
+			time.Sleep(time.Duration((1 - frac) * float64(time.Millisecond)))
+		}
+	}()
+	return func() { close(quit) }
+}

@@ -41,8 +41,9 @@ type dialect interface {
 // deferredSync is a dialect whose commit returns once the transaction is
 // written, before it is durable; sync makes every commit written so far
 // durable. The writer then overlaps one batch's sync with the next
-// batch's inserts and answers appends only after the sync (SQLite). A
-// dialect without it is durable when commit returns (Postgres).
+// batch's inserts when that batch is large enough (see awaitSync) and
+// answers appends only after the sync (SQLite). A dialect without it is
+// durable when commit returns (Postgres).
 type deferredSync interface {
 	sync() error
 }

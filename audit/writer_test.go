@@ -1,0 +1,114 @@
+package audit
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/policies"
+)
+
+// gatedSync is the SQLite store whose flush to disk can be held until the
+// test lets it go, and which records the number of events in each commit.
+type gatedSync struct {
+	*sqliteDB
+	mu      sync.Mutex
+	gate    chan struct{} // when set, sync waits for it to close
+	entered chan struct{} // signalled when a gated sync starts waiting
+	commits []int
+}
+
+func (g *gatedSync) sync() error {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil {
+		g.entered <- struct{}{}
+		<-gate
+	}
+	return g.sqliteDB.sync()
+}
+
+func (g *gatedSync) commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error {
+	if len(evs) > 0 {
+		g.mu.Lock()
+		g.commits = append(g.commits, len(evs))
+		g.mu.Unlock()
+	}
+	return g.sqliteDB.commit(ctx, evs, cps)
+}
+
+func (g *gatedSync) commitSizes() []int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.commits)
+}
+
+// TestWriterHoldsSmallBatchesWhileSyncing: while one batch is being synced
+// the writer does not write a small next batch (it would rewrite the page
+// the sync is writing, see awaitSync); it gathers appends instead, and
+// writes them at once when they reach pipelineMin, without waiting for the
+// sync. Every append returns once its own batch is synced.
+func TestWriterHoldsSmallBatchesWhileSyncing(t *testing.T) {
+	ctx := context.Background()
+	db, err := openSQLite(ctx, filepath.Join(t.TempDir(), "audit.db"), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedSync{sqliteDB: db, entered: make(chan struct{}, 4)}
+	s, err := newStore(ctx, g, buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
+
+	gate := make(chan struct{})
+	g.mu.Lock()
+	g.gate = gate
+	g.mu.Unlock()
+	errs := make(chan error, 1+pipelineMin)
+	appendAsync := func() { go func() { errs <- s.Append(ctx, ev) }() }
+
+	appendAsync() // the first batch: written, and its sync held
+	<-g.entered
+	// One append while that sync is held: the writer takes it from the
+	// queue, and holds it.
+	appendAsync()
+	waitFor(t, "the writer to take the second append", 10*time.Second, func() bool { return len(s.w.in) == 0 })
+	if got := g.commitSizes(); len(got) != 1 {
+		t.Fatalf("commits while the first sync is held: %v, want only the first batch [1]", got)
+	}
+	// pipelineMin-1 more make a batch worth overlapping with the sync.
+	for range pipelineMin - 1 {
+		appendAsync()
+	}
+	waitFor(t, "the second batch to be written", 10*time.Second, func() bool { return len(g.commitSizes()) == 2 })
+	if got := g.commitSizes(); !slices.Equal(got, []int{1, pipelineMin}) {
+		t.Errorf("commit sizes %v, want [1 %d]", got, pipelineMin)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("an append returned (%v) before any sync finished", err)
+	default:
+	}
+	g.mu.Lock()
+	g.gate = nil
+	g.mu.Unlock()
+	close(gate)
+	for range 1 + pipelineMin {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// With nothing being synced, a single append is written at once.
+	if err := s.Append(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.commitSizes(); !slices.Equal(got, []int{1, pipelineMin, 1}) {
+		t.Errorf("commit sizes %v, want [1 %d 1]", got, pipelineMin)
+	}
+}

@@ -280,15 +280,15 @@ func (w *writer) syncLoop() {
 			}
 		}
 		err := w.sync()
+		w.unsynced.Add(-int64(len(batches))) // run may write again (awaitSync)
+		select {
+		case w.synced <- struct{}{}:
+		default:
+		}
 		for _, b := range batches {
 			for _, p := range b {
 				p.done <- err
 			}
-		}
-		w.unsynced.Add(-int64(len(batches)))
-		select {
-		case w.synced <- struct{}{}:
-		default:
 		}
 		if err == nil {
 			for _, f := range w.notify {

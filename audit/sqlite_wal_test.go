@@ -87,3 +87,45 @@ func appendFor(t *testing.T, s Store, ev Event, writers int, d time.Duration, ea
 	}
 	wg.Wait()
 }
+
+// TestSQLiteSyncHoldsTheWAL: sync keeps one descriptor of the WAL (which
+// then hears of every failed writeback of it), and opens the file again
+// only if the one at the WAL's path is another file.
+func TestSQLiteSyncHoldsTheWAL(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "audit.db")
+	db, err := openSQLite(ctx, path, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.close()
+	if err := db.sync(); err != nil {
+		t.Fatal(err)
+	}
+	held := db.wal
+	if err := db.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if db.wal != held {
+		t.Fatal("a second sync opened the WAL again")
+	}
+	// Another file at the WAL's path: sync must flush that one.
+	if err := os.Rename(path+"-wal", path+"-wal.old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+"-wal", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.sync(); err != nil {
+		t.Fatal(err)
+	}
+	now, err1 := db.wal.Stat()
+	cur, err2 := os.Stat(path + "-wal")
+	if err1 != nil || err2 != nil || !os.SameFile(now, cur) {
+		t.Errorf("after the WAL was replaced, sync holds another file (%v, %v)", err1, err2)
+	}
+	// Put SQLite's WAL back before the store closes.
+	if err := os.Rename(path+"-wal.old", path+"-wal"); err != nil {
+		t.Fatal(err)
+	}
+}

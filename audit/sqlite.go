@@ -184,8 +184,8 @@ func (d *sqliteDB) sync() error {
 // A descriptor held from then on is told of every failed writeback of the
 // file, even one that SQLite's own fsync (in a checkpoint) reported first;
 // one opened afterwards would not be, and the sync it made would succeed.
-// It also saves an open and a close per sync (6 % of the CPU at 5,000
-// events/s). SQLite removes the WAL only when its last connection closes,
+// It also saves an open and a close per sync (about 5 % of the CPU at
+// 5,000 events/s). SQLite removes the WAL only when its last connection closes,
 // and the writer's stays open; if the file at the path is another one all
 // the same, that one is opened.
 func (d *sqliteDB) walFile() (*os.File, error) {

@@ -35,8 +35,8 @@ type writer struct {
 	syncs    chan []*pending
 	syncDone chan struct{}
 	syncErr  atomic.Pointer[error]
-	// unsynced counts the batches handed to syncLoop and not yet
-	// answered; syncLoop signals synced (capacity 1) each time it answers.
+	// unsynced counts the batches handed to syncLoop and not yet synced;
+	// syncLoop signals synced (capacity 1) each time it lowers the count.
 	unsynced atomic.Int64
 	synced   chan struct{}
 
@@ -171,12 +171,13 @@ func (w *writer) run() {
 // Writing a batch while the last one is being synced overlaps the two
 // (the store's throughput at high rates), but SQLite's WAL frames are
 // 24 bytes longer than a page, so every commit rewrites the page the
-// last commit ended in while the sync is writing it to the disk. The
-// sync then waits for that page's first write to finish, and on the VM
-// of BENCHMARKS.md ("Audit", "Writing while the disk writes") such
-// writes stalled 10-17 ms once every 100 ms: at 5,000 events/s they
-// were the whole p99 (14-16 ms; 5.4 ms with every batch held back, but
-// then only 20,500 appends/s in a closed loop against 30,400). Small
+// last commit ended in while the sync is sending it to the disk. On the
+// VM of BENCHMARKS.md ("Audit", "Writing while the disk writes") the
+// writer and the sync then stalled together, 10-17 ms once every 100 ms,
+// and BenchmarkDiskWriteWhileSync does the same without SQLite (whole
+// pages written that way hardly stall). At 5,000 events/s those stalls
+// were the whole p99: 14-16 ms, and 5.4 ms with every batch held back,
+// but then only 20,500 appends/s in a closed loop against 30,400. Small
 // batches wait, large ones overlap.
 func (w *writer) awaitSync(batch []*pending) []*pending {
 	if w.syncer == nil {

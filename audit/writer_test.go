@@ -112,3 +112,64 @@ func TestWriterHoldsSmallBatchesWhileSyncing(t *testing.T) {
 		t.Errorf("commit sizes %v, want [1 %d 1]", got, pipelineMin)
 	}
 }
+
+// TestWriterClosesWithAHeldBatch: Close while a small batch is held behind
+// a sync writes that batch, waits for both syncs and answers both appends.
+func TestWriterClosesWithAHeldBatch(t *testing.T) {
+	ctx := context.Background()
+	db, err := openSQLite(ctx, filepath.Join(t.TempDir(), "audit.db"), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedSync{sqliteDB: db, entered: make(chan struct{}, 4)}
+	s, err := newStore(ctx, g, buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
+	gate := make(chan struct{})
+	g.mu.Lock()
+	g.gate = gate
+	g.mu.Unlock()
+	errs := make(chan error, 2)
+	go func() { errs <- s.Append(ctx, ev) }()
+	<-g.entered // the first batch's sync is held
+	// The second append is queued as Append queues it, so that it is known
+	// to be in the queue before Close (an Append racing Close may be
+	// refused instead, rightly), and then taken and held by the writer.
+	enc, err := encodeEvent(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &pending{ctx: ctx, rec: Record{Event: ev}, enc: enc, done: make(chan error, 1)}
+	s.w.in <- held
+	go func() { errs <- <-held.done }()
+	waitFor(t, "the writer to take the second append", 10*time.Second, func() bool { return len(s.w.in) == 0 })
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	g.mu.Lock()
+	g.gate = nil
+	g.mu.Unlock()
+	close(gate)
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("append: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("an append was not answered after Close")
+		}
+	}
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if got := g.commitSizes(); !slices.Equal(got, []int{1, 1}) {
+		t.Errorf("commit sizes %v, want [1 1]", got)
+	}
+}

@@ -41,6 +41,22 @@ func (g *gatedSync) commit(ctx context.Context, evs []eventRow, cps []checkpoint
 	return g.sqliteDB.commit(ctx, evs, cps)
 }
 
+// gatedStore opens a SQLite store whose syncs can be held (gatedSync).
+func gatedStore(t *testing.T) (*gatedSync, *store) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := openSQLite(ctx, filepath.Join(t.TempDir(), "audit.db"), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatedSync{sqliteDB: db, entered: make(chan struct{}, 4)}
+	s, err := newStore(ctx, g, buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, s
+}
+
 func (g *gatedSync) commitSizes() []int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -54,15 +70,7 @@ func (g *gatedSync) commitSizes() []int {
 // sync. Every append returns once its own batch is synced.
 func TestWriterHoldsSmallBatchesWhileSyncing(t *testing.T) {
 	ctx := context.Background()
-	db, err := openSQLite(ctx, filepath.Join(t.TempDir(), "audit.db"), false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &gatedSync{sqliteDB: db, entered: make(chan struct{}, 4)}
-	s, err := newStore(ctx, g, buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, s := gatedStore(t)
 	defer s.Close()
 	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
 
@@ -117,15 +125,7 @@ func TestWriterHoldsSmallBatchesWhileSyncing(t *testing.T) {
 // a sync writes that batch, waits for both syncs and answers both appends.
 func TestWriterClosesWithAHeldBatch(t *testing.T) {
 	ctx := context.Background()
-	db, err := openSQLite(ctx, filepath.Join(t.TempDir(), "audit.db"), false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &gatedSync{sqliteDB: db, entered: make(chan struct{}, 4)}
-	s, err := newStore(ctx, g, buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, s := gatedStore(t)
 	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
 	gate := make(chan struct{})
 	g.mu.Lock()

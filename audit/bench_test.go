@@ -62,7 +62,8 @@ func BenchmarkAppendPostgres(b *testing.B) {
 // without cutting the rate. store=none runs the same schedule against a
 // store that only encodes: its waits are the harness's own lateness (Go
 // timers on a busy machine), part of every figure beside it. store=floor
-// is the least a durable group commit can do here (floorStore). Run with
+// is the least a durable group commit can do here, store=floor-pipelined
+// the same overlapping writes and syncs as SQLite does (floorStore). Run with
 // a fixed count, e.g. -benchtime 200000x (ten seconds at the budget rate).
 // SLUICE_AUDIT_BENCH_RATE offers another rate (appends per second), for
 // the wait at lighter loads; SLUICE_AUDIT_BENCH_SPIN=f keeps a fraction f
@@ -88,7 +89,12 @@ func BenchmarkAppendRate(b *testing.B) {
 			benchAppendAt(b, encodeOnly{}, n, rate)
 		})
 		b.Run(fmt.Sprintf("writers=%d/store=floor", n), func(b *testing.B) {
-			s := newFloorStore(b)
+			s := newFloorStore(b, false)
+			defer s.Close()
+			benchAppendAt(b, s, n, rate)
+		})
+		b.Run(fmt.Sprintf("writers=%d/store=floor-pipelined", n), func(b *testing.B) {
+			s := newFloorStore(b, true)
 			defer s.Close()
 			benchAppendAt(b, s, n, rate)
 		})

@@ -45,6 +45,18 @@ type Checkpoint struct {
 	// Key is the public key that signed it.
 	Key ed25519.PublicKey
 	Sig []byte
+	// Witness, on a start or resume checkpoint, holds the heads of the
+	// store's other chains as this writer found them: a chain cut short
+	// together with its own checkpoints still has to reach the head
+	// another chain's signed checkpoint saw (see Verify).
+	Witness []ChainHead
+}
+
+// ChainHead is the last event of a chain: its seq and hash.
+type ChainHead struct {
+	Writer string `json:"writer"`
+	Seq    int64  `json:"seq"`
+	Head   Hash   `json:"head"`
 }
 
 type checkpointJSON struct {
@@ -53,12 +65,13 @@ type checkpointJSON struct {
 	Kind   CheckpointKind `json:"kind"`
 	Seq    int64          `json:"seq"`
 	Head   Hash           `json:"head"`
-	Time   time.Time      `json:"time"`
-	Key    string         `json:"key"`
+	Time    time.Time      `json:"time"`
+	Key     string         `json:"key"`
+	Witness []ChainHead    `json:"witness,omitempty"`
 }
 
 func (c Checkpoint) body() ([]byte, error) {
-	return marshal(checkpointJSON{V: SchemaVersion, Writer: c.Writer, Kind: c.Kind, Seq: c.Seq, Head: c.Head, Time: c.Time.UTC(), Key: hex.EncodeToString(c.Key)})
+	return marshal(checkpointJSON{V: SchemaVersion, Writer: c.Writer, Kind: c.Kind, Seq: c.Seq, Head: c.Head, Time: c.Time.UTC(), Key: hex.EncodeToString(c.Key), Witness: c.Witness})
 }
 
 func decodeCheckpoint(body []byte) (Checkpoint, error) {
@@ -70,7 +83,7 @@ func decodeCheckpoint(body []byte) (Checkpoint, error) {
 	if err != nil || len(key) != ed25519.PublicKeySize {
 		return Checkpoint{}, fmt.Errorf("checkpoint key is not an ed25519 public key")
 	}
-	return Checkpoint{Writer: j.Writer, Kind: j.Kind, Seq: j.Seq, Head: j.Head, Time: j.Time, Key: key}, nil
+	return Checkpoint{Writer: j.Writer, Kind: j.Kind, Seq: j.Seq, Head: j.Head, Time: j.Time, Key: key, Witness: j.Witness}, nil
 }
 
 // Signer signs checkpoints with an ed25519 key.

@@ -33,6 +33,9 @@ type dialect interface {
 	// tx runs fn in one transaction; lockName serialises it across
 	// replicas where the database can (Postgres advisory lock).
 	tx(ctx context.Context, lockName string, fn func(querier) error) error
+	// snapshot runs fn in a read-only transaction that sees the store as
+	// it was at one moment, whatever commits meanwhile.
+	snapshot(ctx context.Context, fn func(querier) error) error
 	// ilike is the case-insensitive LIKE operator.
 	ilike() string
 	close() error
@@ -102,6 +105,29 @@ func chainHead(ctx context.Context, q querier, writer string) (int64, Hash, erro
 		return 0, Hash{}, fmt.Errorf("chain %s: newest checkpoint: %w", writer, err)
 	}
 	return cp.Seq, cp.Head, nil
+}
+
+// otherHeads returns the head of every chain in the store but self's.
+func otherHeads(ctx context.Context, q querier, self string) ([]ChainHead, error) {
+	ws, err := writers(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	var out []ChainHead
+	for _, w := range ws {
+		if w == self {
+			continue
+		}
+		seq, head, err := chainHead(ctx, q, w)
+		switch {
+		case errors.Is(err, ErrNotFound): // removed meanwhile
+			continue
+		case err != nil:
+			return nil, err
+		}
+		out = append(out, ChainHead{Writer: w, Seq: seq, Head: head})
+	}
+	return out, nil
 }
 
 // queryOne scans the first row into dest; ErrNotFound when there is none.

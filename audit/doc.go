@@ -31,7 +31,10 @@
 // H". The writer commits one
 //
 //   - start: before its first append (seq 0): a chain without a signed
-//     start was made up;
+//     start was made up. It also witnesses the head (seq and hash) of
+//     every other chain in the store as the writer found it, so a chain
+//     cut short later, its own checkpoints deleted with it, still has to
+//     reach what another chain's checkpoint saw (resume does the same);
 //   - periodic: in the same transaction as the batch that reaches
 //     checkpoint_every events since the last one, or on its own once
 //     checkpoint_interval has passed with unsealed events;
@@ -47,22 +50,30 @@
 //
 // # Verification
 //
-// Verify checks each checkpoint's signature (against the trusted keys:
-// the signer's and WithTrustedKeys), then walks each chain in seq order
-// from its base, checking for each event: its hash, its link to the event
-// before, its seq, its columns, and the checkpoint that sealed it. It
-// reports the first problem of each chain precisely: "chain W: event seq
-// 17 altered (hash mismatch)", "event seq 18 missing", "inserted event at
-// seq 18", "event seq 17 reordered (found after seq 18)", "checkpoint 3
-// signature invalid", "events seq 26–30 missing (checkpoint 4 sealed seq
-// 30)".
+// Verify reads the store in one snapshot (a read-only transaction), so
+// that retention or a replica starting meanwhile is not taken for
+// tampering. It checks each checkpoint's signature (against the trusted
+// keys: the signer's and WithTrustedKeys), then walks each chain in seq
+// order from its base, checking for each event: its hash, its link to the
+// event before, its seq, its columns, and the checkpoint that sealed it,
+// its own or another chain's start that witnessed it. It reports the first
+// problem of each chain precisely: "chain W: event seq 17 altered (hash
+// mismatch)", "event seq 18 missing", "inserted event at seq 18", "event
+// seq 17 reordered (found after seq 18)", "checkpoint 3 signature
+// invalid", "events seq 26–30 missing (checkpoint 4 sealed seq 30)",
+// "events seq 13–30 missing (checkpoint 6 of chain V witnessed seq 30)",
+// "the chain's signed start checkpoint is missing".
 //
-// What verification cannot see: events after a chain's last checkpoint
-// are protected by the chain alone, so a tail cut off there, or a whole
-// chain (events and checkpoints) deleted, leaves no trace in the store;
-// verify notes unsealed tails, checkpoint_every/checkpoint_interval bound
-// them, and an exporter's copy (OTLP, JSON lines) carries each event's
-// writer, seq and hash to a place the database's owner does not control.
+// What verification cannot see: a chain's events after the last head
+// anything signed (its own last checkpoint, or the newest witness of it by
+// a chain started later) are protected by the chain alone, so that tail
+// can be cut off, its checkpoints with it, and so can the newest chain
+// (events and checkpoints) as a whole, with no trace in the store. Verify
+// notes unsealed tails; checkpoint_every and checkpoint_interval bound the
+// unsealed part of a running chain, but the last checkpoints themselves are
+// rows the database's owner can delete. What closes that gap is a copy
+// elsewhere: an exporter (OTLP, JSON lines) carries each event's writer,
+// seq and hash to a place the database's owner does not control.
 //
 // # Group commit and durability
 //

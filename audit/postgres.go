@@ -135,6 +135,14 @@ func (d *postgresDB) exec(ctx context.Context, s string, args ...any) (int64, er
 	return poolQ(d.pool).exec(ctx, s, args...)
 }
 
+// snapshot reads in one REPEATABLE READ, READ ONLY transaction: every
+// statement in it sees the same committed state.
+func (d *postgresDB) snapshot(ctx context.Context, fn func(querier) error) error {
+	return pgx.BeginTxFunc(ctx, d.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		return fn(txQ(tx))
+	})
+}
+
 func (d *postgresDB) tx(ctx context.Context, lockName string, fn func(querier) error) error {
 	return pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
 		if lockName != "" {

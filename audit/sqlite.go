@@ -385,6 +385,19 @@ func (d *sqliteDB) exec(ctx context.Context, s string, args ...any) (int64, erro
 	return sqliteQ{d.w}.exec(ctx, s, args...)
 }
 
+// snapshot reads in one deferred transaction on a reader connection: in
+// WAL mode it sees the database as of its first read until it ends. It
+// never blocks the writer; the WAL only grows meanwhile, since the
+// checkpoints (PASSIVE) cannot copy past a reader's snapshot.
+func (d *sqliteDB) snapshot(ctx context.Context, fn func(querier) error) error {
+	tx, err := d.r.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	return fn(sqliteQ{tx})
+}
+
 func (d *sqliteDB) tx(ctx context.Context, _ string, fn func(querier) error) error {
 	if d.w == nil {
 		return errReadOnly

@@ -151,3 +151,113 @@ func testTamper(t *testing.T, e env) {
 		})
 	}
 }
+
+// testTamperWitnessed cuts a closed chain short together with its own
+// checkpoints, which its own checkpoints cannot reveal: the start
+// checkpoint of the chain opened after it witnessed its head.
+func testTamperWitnessed(t *testing.T, e env) {
+	cases := []struct {
+		name   string
+		tamper func(t *testing.T, raw *rawDB, w, next string)
+		kind   ProblemKind
+		want   string
+	}{
+		{"tail cut with its checkpoints", func(t *testing.T, raw *rawDB, w, _ string) {
+			raw.exec(t, "DELETE FROM audit_events WHERE writer = ? AND seq > 12", w)
+			raw.exec(t, "DELETE FROM audit_checkpoints WHERE writer = ? AND seq > 12", w)
+		}, ProblemMissing, "events seq 13–30 missing (checkpoint"},
+		{"chain deleted whole", func(t *testing.T, raw *rawDB, w, _ string) {
+			raw.exec(t, "DELETE FROM audit_events WHERE writer = ?", w)
+			raw.exec(t, "DELETE FROM audit_checkpoints WHERE writer = ?", w)
+		}, ProblemMissing, "events seq 1–30 missing (checkpoint"},
+		{"tail rewritten with its checkpoints", func(t *testing.T, raw *rawDB, w, _ string) {
+			r := storedRecord(t, raw, w, 30)
+			raw.exec(t, "DELETE FROM audit_events WHERE writer = ? AND seq = 30", w)
+			raw.exec(t, "DELETE FROM audit_checkpoints WHERE writer = ? AND seq = 30", w)
+			r.Request = "SELECT harmless"
+			forge(t, raw, r)
+		}, ProblemAltered, "event seq 30 altered (checkpoint"},
+		{"witness removed with the next chain's start", func(t *testing.T, raw *rawDB, w, next string) {
+			raw.exec(t, "DELETE FROM audit_checkpoints WHERE writer = ? AND kind = 'start'", next)
+		}, ProblemMissing, "signed start checkpoint is missing"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			key := newKey(t)
+			url, raw, w := trail(t, e, key, true)
+			next := open(t, url, key)
+			nextID := next.Writer()
+			if err := next.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rep := mustVerify(t, openRO(t, url, key))
+			if len(rep.Chains) != 2 {
+				t.Fatalf("%d chains, want 2:\n%s", len(rep.Chains), rep)
+			}
+			c.tamper(t, raw, w, nextID)
+			rep, err := openRO(t, url, key).Verify(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.OK() {
+				t.Fatalf("tampering went unnoticed:\n%s", rep)
+			}
+			p := rep.Problems[0]
+			t.Logf("verify: %s", p)
+			if p.Kind != c.kind || !strings.Contains(p.String(), c.want) {
+				t.Errorf("first problem = %s (%s), want %s …%s…", p, p.Kind, c.kind, c.want)
+			}
+		})
+	}
+}
+
+// testVerifyDuringRetention verifies while retention removes the oldest
+// events chunk by chunk: every report must be clean, since Verify reads
+// one snapshot.
+func testVerifyDuringRetention(t *testing.T, e env) {
+	url, _ := e.fresh(t)
+	key := newKey(t)
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := open(t, url, key, WithCheckpoints(10, time.Hour))
+	defer s.Close()
+	ctx := context.Background()
+	const n = 200
+	for i := 1; i <= n; i++ {
+		ev := statement("agent", "orders-db", fmt.Sprintf("SELECT %d", i), policies.ClassRead)
+		ev.Time = t0.Add(time.Duration(i) * time.Second)
+		if err := s.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pruned := make(chan error, 1)
+	go func() {
+		for i := 5; i < n; i += 5 { // one retention checkpoint per step
+			if _, err := s.Prune(ctx, t0.Add(time.Duration(i)*time.Second+time.Millisecond)); err != nil {
+				pruned <- err
+				return
+			}
+		}
+		pruned <- nil
+	}()
+	ro := openRO(t, url, key)
+	verified := 0
+	for done := false; !done; {
+		select {
+		case err := <-pruned:
+			if err != nil {
+				t.Fatal(err)
+			}
+			done = true
+		default:
+		}
+		rep, err := ro.Verify(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.OK() {
+			t.Fatalf("verify during retention, after %d clean reports:\n%s", verified, rep)
+		}
+		verified++
+	}
+	t.Logf("%d clean reports while retention ran", verified)
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -72,9 +73,23 @@ func (r *Report) Err() error {
 	return fmt.Errorf("audit trail does not verify: %s", r.Problems[0])
 }
 
+// Verify reads the whole store in one snapshot (retention or a replica
+// starting while it reads would otherwise look like tampering) and checks
+// every chain against its own checkpoints and against the heads other
+// chains' start checkpoints witnessed.
 func (s *store) Verify(ctx context.Context) (*Report, error) {
+	var rep *Report
+	err := s.db.snapshot(ctx, func(q querier) error {
+		var err error
+		rep, err = s.verify(ctx, q)
+		return err
+	})
+	return rep, err
+}
+
+func (s *store) verify(ctx context.Context, q querier) (*Report, error) {
 	rep := &Report{}
-	cps, err := checkpointRows(ctx, s.db)
+	cps, err := checkpointRows(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("audit verify: read checkpoints: %w", err)
 	}
@@ -83,6 +98,7 @@ func (s *store) Verify(ctx context.Context) (*Report, error) {
 		rep.Notes = append(rep.Notes, "no trusted key given: each checkpoint was checked against the key it names, which proves the chain consistent but not who signed it")
 	}
 	valid := map[string][]Checkpoint{}
+	witnessed := map[string][]witness{}
 	bad := map[string]*Problem{}
 	for _, row := range cps {
 		cp, p := s.checkCheckpoint(row)
@@ -93,16 +109,25 @@ func (s *store) Verify(ctx context.Context) (*Report, error) {
 			continue
 		}
 		valid[cp.Writer] = append(valid[cp.Writer], cp)
+		for _, h := range cp.Witness {
+			witnessed[h.Writer] = append(witnessed[h.Writer], witness{ChainHead: h, by: cp})
+		}
 	}
-	ws, err := writers(ctx, s.db)
+	ws, err := writers(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("audit verify: list chains: %w", err)
 	}
+	for w := range witnessed { // a chain deleted whole is still witnessed
+		if !slices.Contains(ws, w) {
+			ws = append(ws, w)
+		}
+	}
+	slices.Sort(ws)
 	for _, w := range ws {
 		cr := ChainReport{Writer: w, Checkpoints: len(valid[w])}
 		cr.Problem = bad[w]
 		if cr.Problem == nil {
-			if cr.Problem, err = s.walk(ctx, &cr, valid[w], rep); err != nil {
+			if cr.Problem, err = s.walk(ctx, q, &cr, valid[w], witnessed[w], rep); err != nil {
 				return nil, err
 			}
 		}
@@ -112,6 +137,12 @@ func (s *store) Verify(ctx context.Context) (*Report, error) {
 		rep.Chains = append(rep.Chains, cr)
 	}
 	return rep, nil
+}
+
+// witness is a chain head that another chain's checkpoint signed.
+type witness struct {
+	ChainHead
+	by Checkpoint
 }
 
 func (s *store) checkCheckpoint(row storedCheckpoint) (Checkpoint, *Problem) {
@@ -146,7 +177,11 @@ func trusted(keys []ed25519.PublicKey, k ed25519.PublicKey) bool {
 
 // walk checks one chain's events in seq order against each other and its
 // valid checkpoints, and returns its first problem.
-func (s *store) walk(ctx context.Context, cr *ChainReport, cps []Checkpoint, rep *Report) (*Problem, error) {
+//
+// Heads witnessed by other chains' checkpoints count as seals of this
+// one: the chain must reach each of them, with the hash it had then.
+// Retention may have removed a witnessed event since (seq <= base).
+func (s *store) walk(ctx context.Context, q querier, cr *ChainReport, cps []Checkpoint, wits []witness, rep *Report) (*Problem, error) {
 	w := cr.Writer
 	prob := func(seq int64, k ProblemKind, f string, a ...any) *Problem {
 		return &Problem{Writer: w, Seq: seq, Kind: k, Detail: fmt.Sprintf(f, a...)}
@@ -163,6 +198,15 @@ func (s *store) walk(ctx context.Context, cr *ChainReport, cps []Checkpoint, rep
 			haveBase = true
 		}
 	}
+	var witnessedTo witness
+	for _, h := range wits {
+		if h.Seq > base { // the chain's own checkpoints, below, take precedence
+			seals[h.Seq] = Checkpoint{ID: h.by.ID, Writer: h.by.Writer, Seq: h.Seq, Head: h.Head}
+		}
+		if h.Seq > witnessedTo.Seq {
+			witnessedTo = h
+		}
+	}
 	for _, cp := range cps {
 		if cp.Seq > base {
 			seals[cp.Seq] = cp
@@ -176,7 +220,7 @@ func (s *store) walk(ctx context.Context, cr *ChainReport, cps []Checkpoint, rep
 		}
 	}
 	cr.Base = base
-	rs, err := s.db.query(ctx, selectEventSQL+" WHERE writer = ? ORDER BY seq", w)
+	rs, err := q.query(ctx, selectEventSQL+" WHERE writer = ? ORDER BY seq", w)
 	if err != nil {
 		return nil, fmt.Errorf("audit verify: read chain %s: %w", w, err)
 	}
@@ -216,8 +260,16 @@ func (s *store) walk(ctx context.Context, cr *ChainReport, cps []Checkpoint, rep
 		cur = nxt
 	}
 	last := exp - 1
+	if witnessedTo.Seq > max(last, base) {
+		return prob(last+1, ProblemMissing, "%s missing (checkpoint %d of chain %s witnessed seq %d)", seqRange(last+1, witnessedTo.Seq), witnessedTo.by.ID, witnessedTo.by.Writer, witnessedTo.Seq), nil
+	}
 	if cr.Sealed > last {
 		return prob(last+1, ProblemMissing, "%s missing (checkpoint %d sealed seq %d)", seqRange(last+1, cr.Sealed), seals[cr.Sealed].ID, cr.Sealed), nil
+	}
+	if !haveBase && len(cps) > 0 {
+		// Nothing else is wrong, but the start's witness of the other
+		// chains is gone with it.
+		return prob(0, ProblemMissing, "the chain's signed start checkpoint is missing, and no retention checkpoint replaces it"), nil
 	}
 	if last > cr.Sealed {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("chain %s: %s follow its last checkpoint and are not sealed yet (the writer is running, or stopped without closing)", w, seqRange(cr.Sealed+1, last)))
@@ -265,7 +317,11 @@ func checkEvent(w string, cur, nxt *storedEvent, exp int64, prev Hash, base, fin
 		return prob(r.Seq, ProblemAltered, "event seq %d altered (column %s differs from the hashed record)", r.Seq, col)
 	}
 	if cp, ok := seals[r.Seq]; ok && cp.Head != Hash(h) {
-		return prob(r.Seq, ProblemAltered, "event seq %d altered (checkpoint %d sealed another hash)", r.Seq, cp.ID)
+		by := ""
+		if cp.Writer != w {
+			by = " of chain " + cp.Writer
+		}
+		return prob(r.Seq, ProblemAltered, "event seq %d altered (checkpoint %d%s sealed another hash)", r.Seq, cp.ID, by)
 	}
 	if final >= 0 && r.Seq > final {
 		return prob(r.Seq, ProblemInserted, "event seq %d inserted after the chain's final checkpoint", r.Seq)

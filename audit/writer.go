@@ -41,6 +41,7 @@ type writer struct {
 	synced   chan struct{}
 
 	// owned by run
+	witness []ChainHead // for the chain's start (or resume) checkpoint
 	seq     int64
 	head    Hash
 	resync  bool // the last commit failed: reread the head before the next
@@ -79,9 +80,15 @@ func startWriter(ctx context.Context, db dialect, id string, o options) (*writer
 	}
 	// The chain's first checkpoint is committed before any append is
 	// taken: a chain without a signed start is one an attacker made up.
+	// It witnesses the other chains' heads, so that none of them can be
+	// cut short later, its own checkpoints with it, unnoticed.
+	if w.witness, err = otherHeads(ctx, db, id); err != nil {
+		return nil, fmt.Errorf("audit: read the other chains: %w", err)
+	}
 	if err := w.commit(nil, kind); err != nil {
 		return nil, fmt.Errorf("audit: start chain %s: %w", id, err)
 	}
+	w.witness = nil
 	return w, nil // the caller starts run once notify is set
 }
 
@@ -348,6 +355,9 @@ func (w *writer) commit(batch []*pending, kind CheckpointKind) error {
 	now := w.opts.now()
 	if kind != "" {
 		cp := Checkpoint{Writer: w.id, Kind: kind, Seq: seq, Head: head, Time: now}
+		if kind == CheckpointStart || kind == CheckpointResume {
+			cp.Witness = w.witness
+		}
 		body, err := w.signer.sign(&cp)
 		if err != nil {
 			return err

@@ -83,17 +83,19 @@ func (s *store) pruneChunk(ctx context.Context, w string, before time.Time) (rem
 // pruneChunk bounds one retention transaction.
 const pruneChunk = 5000
 
-// RunRetention prunes events older than retention now, then every
-// interval, until ctx ends. Failures are logged and retried at the next
-// run: retention is housekeeping, never a reason to stop auditing.
-func RunRetention(ctx context.Context, s Store, retention, interval time.Duration, now func() time.Time, log *slog.Logger) {
+// RunRetention prunes events older than retention() now, then every
+// interval, until ctx ends; retention is asked at each run, so a reloaded
+// audit.retention takes effect at the next. Failures are logged and
+// retried at the next run: retention is housekeeping, never a reason to
+// stop auditing.
+func RunRetention(ctx context.Context, s Store, retention func() time.Duration, interval time.Duration, now func() time.Time, log *slog.Logger) {
 	if now == nil {
 		now = time.Now
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		res, err := s.Prune(ctx, now().Add(-retention))
+		res, err := s.Prune(ctx, now().Add(-retention()))
 		switch {
 		case err != nil:
 			log.Warn("audit retention failed; will retry", "err", err)

@@ -40,7 +40,7 @@ func testRetention(t *testing.T, e env) {
 	rctx, cancel := context.WithCancel(ctx)
 	stopped := make(chan struct{})
 	go func() {
-		RunRetention(rctx, s, 15*time.Minute, time.Hour, clock.Now, slog.New(slog.DiscardHandler))
+		RunRetention(rctx, s, func() time.Duration { return 15 * time.Minute }, time.Hour, clock.Now, slog.New(slog.DiscardHandler))
 		close(stopped)
 	}()
 	var p Page

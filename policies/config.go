@@ -22,6 +22,9 @@ type Config struct {
 	// Source is the file the config was loaded from ("" when loaded from bytes
 	// without a name). It is not part of the YAML.
 	Source string `yaml:"-"`
+	// Digest is "sha256:<hex>" of the bytes it was loaded from, as the
+	// audit trail records each config applied.
+	Digest string `yaml:"-"`
 }
 
 // Server holds the addresses sluice's own services bind to.

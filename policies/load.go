@@ -2,6 +2,7 @@ package policies
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,7 @@ func Load(name string, data []byte) (*Config, error) {
 		return nil, v.result()
 	}
 	cfg.Source = name
+	cfg.Digest = fmt.Sprintf("sha256:%x", sha256.Sum256(data))
 	resolvePaths(&cfg, filepath.Dir(name))
 	applyDefaults(&cfg)
 	v.validate(&cfg)

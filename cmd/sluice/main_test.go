@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/filters/sql"
 	"github.com/sluicehq/sluice/test/testenv"
 )
@@ -187,6 +190,38 @@ func TestServeServesADSAndAPI(t *testing.T) {
 	nf.Body.Close()
 	if nf.StatusCode != 404 {
 		t.Errorf("unknown path: status %d, want 404", nf.StatusCode)
+	}
+
+	// The config applied at start, and each reload, is in the audit trail
+	// with the digest of the bytes applied.
+	reloaded := cfg + "\n# edited\n"
+	if err := os.WriteFile(path, []byte(reloaded), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "config reloaded"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the edited config was not reloaded:\n%s", logs.String())
+		}
+	}
+	trail, err := audit.Open(ctx, "sqlite://"+filepath.Join(filepath.Dir(path), "sluice-audit.db"), audit.ReadOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trail.Close()
+	page, err := trail.Query(ctx, audit.Filter{Kind: audit.KindConfigReload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range page.Records { // newest first
+		got = append(got, r.Reason+" "+r.Digest)
+	}
+	want := []string{
+		fmt.Sprintf("reloaded sha256:%x", sha256.Sum256([]byte(reloaded))),
+		fmt.Sprintf("loaded at start sha256:%x", sha256.Sum256([]byte(cfg))),
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("config.reload records:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

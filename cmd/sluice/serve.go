@@ -68,6 +68,9 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := s.recordConfig(cfg, "loaded at start", nil); err != nil {
+		return fmt.Errorf("audit: record the config: %w", err)
+	}
 	return s.run(ctx, path)
 }
 
@@ -149,7 +152,10 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 		if err != nil {
 			return nil, err
 		}
-		g := grpc.NewServer(tel.GRPCServerOptions()...)
+		// Stop (when the grace period ends) still waits for the handlers to
+		// return, so that their last events (session.end, results) reach
+		// the audit store before it closes.
+		g := grpc.NewServer(append(tel.GRPCServerOptions(), grpc.WaitForHandlers(true))...)
 		healthpb.RegisterHealthServer(g, s.health)
 		reflection.Register(g)
 		s.grpcServers = append(s.grpcServers, boundGRPC{name: a.key, lis: l, srv: g})
@@ -257,9 +263,37 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// apply takes a reloaded config: xDS first, since it refuses what Envoy
-// would refuse; only then does the decision use the new policies.
-func (s *server) apply(cfg *policies.Config) error {
+// recordConfig records, durably, that cfg is about to be applied (reason
+// says why), or that it was refused (failure).
+func (s *server) recordConfig(cfg *policies.Config, reason string, failure error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), configAuditTimeout)
+	defer cancel()
+	e := audit.Event{Kind: audit.KindConfigReload, Request: "apply " + cfg.Source, Digest: cfg.Digest,
+		Decision: "allow", Reason: reason}
+	if failure != nil {
+		e.Decision, e.Reason, e.Error = "deny", "refused", failure.Error()
+	}
+	return s.audit.Append(ctx, e)
+}
+
+// configAuditTimeout bounds the wait for a config change's audit record.
+const configAuditTimeout = 5 * time.Second
+
+// apply takes a reloaded config, recorded first (a reload that cannot be
+// recorded is refused, and the running config stays): xDS first, since
+// it refuses what Envoy would refuse; only then does the decision use the
+// new policies. A refusal from here on is recorded as well.
+func (s *server) apply(cfg *policies.Config) (err error) {
+	if err := s.recordConfig(cfg, "reloaded", nil); err != nil {
+		return fmt.Errorf("the reload could not be recorded in the audit trail: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := s.recordConfig(cfg, "", err); rerr != nil {
+				s.log.Error("config refusal not recorded", "err", rerr)
+			}
+		}
+	}()
 	if err := s.xds.Update(cfg); err != nil {
 		return err
 	}
@@ -342,7 +376,8 @@ func (s *server) run(ctx context.Context, configPath string) error {
 	watcher := policies.NewWatcher(configPath, s.log.With("component", "config"), s.apply)
 	g.Go(func() error { return watcher.Run(ctx) })
 	g.Go(func() error {
-		audit.RunRetention(ctx, s.audit, s.config().Audit.Retention, audit.DefaultRetentionInterval, nil, s.log.With("component", "audit-retention"))
+		retention := func() time.Duration { return s.config().Audit.Retention }
+		audit.RunRetention(ctx, s.audit, retention, audit.DefaultRetentionInterval, nil, s.log.With("component", "audit-retention"))
 		return nil
 	})
 

@@ -39,6 +39,10 @@ type writer struct {
 	// syncLoop signals synced (capacity 1) each time it lowers the count.
 	unsynced atomic.Int64
 	synced   chan struct{}
+	// stalled is set while a sync has taken longer than the commit
+	// timeout: its appends have been answered with errFlushStalled, and new
+	// ones are refused at once until a sync completes.
+	stalled atomic.Bool
 
 	// owned by run
 	witness []ChainHead // for the chain's start (or resume) checkpoint
@@ -101,6 +105,9 @@ func startWriter(ctx context.Context, db dialect, id string, o options) (*writer
 // known to be durable": the caller must not forward, and may find the
 // event in the trail all the same (a record of a refused statement).
 func (w *writer) append(ctx context.Context, e Event) (Record, error) {
+	if w.stalled.Load() {
+		return Record{}, errFlushStalled
+	}
 	enc, err := encodeEvent(e)
 	if err != nil {
 		return Record{}, fmt.Errorf("audit: encode event: %w", err)
@@ -287,20 +294,48 @@ func (w *writer) syncLoop() {
 				break more
 			}
 		}
+		// A flush that outlasts the commit timeout (a hung disk) fails its
+		// appends then, not when the kernel gives up, and refuses new ones
+		// until it returns (a failed flush then fails every append, as sync
+		// says).
+		fired := make(chan struct{})
+		watchdog := time.AfterFunc(w.opts.commitTimeout, func() {
+			defer close(fired)
+			w.stalled.Store(true)
+			w.log.Error("audit store flush has not completed; refusing appends until it does", "after", w.opts.commitTimeout)
+			answer(batches, errFlushStalled)
+		})
 		err := w.sync()
+		if !watchdog.Stop() {
+			<-fired
+		}
+		w.stalled.Store(false)
 		w.unsynced.Add(-int64(len(batches))) // run may write again (awaitSync)
 		select {
 		case w.synced <- struct{}{}:
 		default:
 		}
-		for _, b := range batches {
-			for _, p := range b {
-				p.done <- err
-			}
-		}
+		answer(batches, err) // those the watchdog answered keep its answer
 		if err == nil {
 			for _, f := range w.notify {
 				f()
+			}
+		}
+	}
+}
+
+// errFlushStalled answers the appends of a flush that outlasted the commit
+// timeout, and every append while it lasts.
+var errFlushStalled = errors.New("audit store unavailable: the disk has not completed a flush within the commit timeout; nothing is recorded until it does")
+
+// answer gives each append of batches err, unless it was answered already
+// (done holds one answer).
+func answer(batches [][]*pending, err error) {
+	for _, b := range batches {
+		for _, p := range b {
+			select {
+			case p.done <- err:
+			default:
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -42,7 +43,7 @@ func (g *gatedSync) commit(ctx context.Context, evs []eventRow, cps []checkpoint
 }
 
 // gatedStore opens a SQLite store whose syncs can be held (gatedSync).
-func gatedStore(t *testing.T) (*gatedSync, *store) {
+func gatedStore(t *testing.T, opts ...Option) (*gatedSync, *store) {
 	t.Helper()
 	ctx := context.Background()
 	db, err := openSQLite(ctx, filepath.Join(t.TempDir(), "audit.db"), false, nil)
@@ -50,7 +51,7 @@ func gatedStore(t *testing.T) (*gatedSync, *store) {
 		t.Fatal(err)
 	}
 	g := &gatedSync{sqliteDB: db, entered: make(chan struct{}, 4)}
-	s, err := newStore(ctx, g, buildOptions([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}))
+	s, err := newStore(ctx, g, buildOptions(append([]Option{WithSigner(NewSigner(newKey(t))), WithCheckpoints(1000, time.Hour)}, opts...)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,4 +173,47 @@ func TestWriterClosesWithAHeldBatch(t *testing.T) {
 	if got := g.commitSizes(); !slices.Equal(got, []int{1, 1}) {
 		t.Errorf("commit sizes %v, want [1 1]", got)
 	}
+}
+
+// TestWriterFailsAppendsOfAStalledFlush: a flush that outlasts the commit
+// timeout (a hung disk) fails its appends at the timeout, and every new
+// append at once, with an error that says so; once the flush returns,
+// appends are taken again.
+func TestWriterFailsAppendsOfAStalledFlush(t *testing.T) {
+	ctx := context.Background()
+	const timeout = 300 * time.Millisecond
+	g, s := gatedStore(t, WithCommitTimeout(timeout))
+	defer s.Close()
+	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
+	gate := make(chan struct{})
+	g.mu.Lock()
+	g.gate = gate
+	g.mu.Unlock()
+	held := make(chan error, 1)
+	go func() { held <- s.Append(ctx, ev) }()
+	<-g.entered // its flush is held
+	select {
+	case err := <-held:
+		if !errors.Is(err, errFlushStalled) {
+			t.Fatalf("the append of a stalled flush: %v, want %v", err, errFlushStalled)
+		}
+	case <-time.After(20 * timeout): // a bound on failing at all, not a measurement
+		t.Fatal("the append of a stalled flush was not answered")
+	}
+	// While the flush hangs, new appends are refused without waiting for
+	// their own deadline.
+	dctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := s.Append(dctx, ev); !errors.Is(err, errFlushStalled) {
+		t.Fatalf("an append during the stall: %v, want %v", err, errFlushStalled)
+	}
+	g.mu.Lock()
+	g.gate = nil
+	g.mu.Unlock()
+	close(gate)
+	waitFor(t, "the stall to end", 10*time.Second, func() bool { return !s.w.stalled.Load() })
+	if err := s.Append(ctx, ev); err != nil {
+		t.Fatalf("an append after the flush returned: %v", err)
+	}
+	mustVerify(t, s)
 }

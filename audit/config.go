@@ -64,14 +64,30 @@ func OpenConfig(ctx context.Context, cfg *policies.Config, log *slog.Logger, ext
 			"key_id", KeyID(s.Public()))
 		opts = append(opts, WithSigner(s))
 	}
+	var exps []Exporter
 	if !probe.readOnly {
-		exps, err := configExporters(ctx, cfg)
-		if err != nil {
+		var err error
+		if exps, err = configExporters(ctx, cfg); err != nil {
 			return nil, err
 		}
 		opts = append(opts, WithExporters(exps...))
 	}
-	return Open(ctx, storeURL(cfg), append(opts, extra...)...)
+	s, err := Open(ctx, storeURL(cfg), append(opts, extra...)...)
+	if err != nil {
+		shutdownExporters(exps) // the store never took them over
+		return nil, err
+	}
+	return s, nil
+}
+
+// shutdownExporters releases exporters no store runs (their files, their
+// connections).
+func shutdownExporters(exps []Exporter) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, e := range exps {
+		_ = e.Shutdown(ctx)
+	}
 }
 
 // storeURL resolves a relative sqlite path against the config file's
@@ -104,6 +120,7 @@ func configExporters(ctx context.Context, cfg *policies.Config) ([]Exporter, err
 		o, err := NewOTLPExporter(ctx, OTLPOptions{Endpoint: x.OTLPEndpoint, Insecure: x.OTLPInsecure,
 			ServiceName: cfg.Telemetry.ServiceName, Timeout: 10 * time.Second})
 		if err != nil {
+			shutdownExporters(out)
 			return nil, fmt.Errorf("audit.export.otlp_endpoint: %w", err)
 		}
 		out = append(out, o)

@@ -48,15 +48,22 @@
 //	                              masks) from filter_metadata; none → 403
 //	                              masking: ask upstream for identity-encoded
 //	                              (Kubernetes: application/json) bodies
-//	request_body (buffered) ───▶ digested for the record
-//	response_headers ──────────▶ record http.request (status, request digest)
-//	                              durably, else 503; unmaskable body (gzip,
-//	                              protobuf, not JSON) → 502; Content-Length
-//	                              removed when the body may change
+//	                              no body follows: record http.request
+//	                              durably before answering, else 503
+//	request_body (buffered) ───▶ digested; record http.request (method,
+//	                              path, decision, body size and digest)
+//	                              durably before answering, else 503:
+//	                              Envoy forwards nothing of the request
+//	                              until this answer
+//	response_headers ──────────▶ unmaskable body (gzip, protobuf, not
+//	                              JSON) → 502; Content-Length removed when
+//	                              the body may change
 //	response_body × n ─────────▶ JSON: held, answered empty, the masked
 //	                              document in the last answer (bounded);
 //	                              watch: masked event by event; else passed
-//	stream end ────────────────▶ http.response: bytes, digest, masked paths
+//	stream end ────────────────▶ http.response: status, bytes, digest,
+//	                              masked paths (a body that flowed past
+//	                              sluice: Content-Length, no digest)
 //
 // A response_headers with no request before it is a local reply of an
 // earlier filter (ext_authz's refusal, which it recorded itself), which

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	httpextprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
@@ -34,8 +35,8 @@ type HTTPOptions struct {
 	// Config is the initial configuration; Update replaces it. Until one is
 	// set every request is refused.
 	Config *policies.Config
-	// Audit records each request/response pair before the response
-	// reaches the agent. Required.
+	// Audit records each request before it reaches the upstream, and
+	// its response once it has passed. Required.
 	Audit  audit.Sink
 	Logger *slog.Logger
 	// Now is the clock of audit records; default time.Now.
@@ -56,11 +57,12 @@ const (
 
 // HTTPServer is Envoy's HTTP external processor for HTTP targets
 // (envoy.service.ext_proc.v3): one exchange per gRPC stream, that is, per
-// HTTP request. It records the request and the response's status, durably,
-// before any of the response reaches the agent; masks JSON responses the
-// decision asks to mask (whole documents, or watch streams event by
-// event); and records what the agent received as a digest. It is safe for
-// concurrent use.
+// HTTP request. It records the request (with its body's digest), durably,
+// before Envoy may forward it to the upstream, and refuses it when that
+// record cannot be made; masks JSON responses the decision asks to mask
+// (whole documents, or watch streams event by event); and records the
+// response (status, what the agent received as a digest, masked paths,
+// duration) once it has passed. It is safe for concurrent use.
 type HTTPServer struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
@@ -131,9 +133,15 @@ func (s *HTTPServer) Update(cfg *policies.Config) error {
 
 // Process serves one HTTP request. Envoy sends request headers, the
 // request body (buffered), response headers and the response body
-// (streamed), in that order (envoy-contract.md section 4); every message
-// gets exactly one response of its own type, or an ImmediateResponse that
-// ends the exchange.
+// (streamed, where a policy masks), in that order (envoy-contract.md
+// section 4); every message gets exactly one response of its own type, or
+// an ImmediateResponse that ends the exchange.
+//
+// Envoy holds the request until its last request message is answered:
+// the request headers when there is no body to buffer, else the buffered
+// body. That answer waits for the http.request event to be durable; if
+// it cannot be appended the answer is a 503 and the request never reaches
+// the upstream. The http.response event follows the response.
 func (s *HTTPServer) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
 	x := &exchange{srv: s, cfg: s.cfg.Load(), start: s.opts.Now()}
@@ -190,6 +198,13 @@ type exchange struct {
 
 	reqHash  hash.Hash
 	reqBytes int64
+	// seesBody says the response body is sent here (the chain's response
+	// body mode, from the stream's protocol_config, is not NONE).
+	// bodyUnseen marks a response whose body flowed past sluice; declared
+	// is then its Content-Length, -1 if it had none.
+	seesBody   bool
+	bodyUnseen bool
+	declared   int64
 
 	status   int
 	mode     bodyMode
@@ -200,7 +215,7 @@ type exchange struct {
 	report   httpapi.Report
 	respHash hash.Hash
 	sent     int64
-	recorded bool // the pair is in the audit trail
+	recorded bool // the request's event is durable
 	// localReply marks an exchange that is only Envoy's or sluice's own
 	// local reply passing through.
 	localReply bool
@@ -225,10 +240,9 @@ func (x *exchange) handle(ctx context.Context, req *extprocv3.ProcessingRequest)
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return x.requestHeaders(r.RequestHeaders, req.GetProtocolConfig())
+		return x.requestHeaders(ctx, r.RequestHeaders, req.GetProtocolConfig())
 	case *extprocv3.ProcessingRequest_RequestBody:
-		x.requestBody(r.RequestBody)
-		return bodyResponse(true, nil)
+		return x.requestBody(ctx, r.RequestBody)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		return x.responseHeaders(ctx, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
@@ -278,15 +292,37 @@ func (x *exchange) readDecision(req *extprocv3.ProcessingRequest) string {
 // mask (a Kubernetes client may prefer protobuf, any client gzip). An
 // upgrade is checked instead (http_upgrade.go): what follows it is not
 // JSON.
-func (x *exchange) requestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration) *extprocv3.ProcessingResponse {
+//
+// When no body follows for sluice to see (end_of_stream, or a request
+// body mode other than BUFFERED: answering the headers lets Envoy forward
+// them) the request is recorded here; otherwise with its body.
+func (x *exchange) requestHeaders(ctx context.Context, h *extprocv3.HttpHeaders, pc *extprocv3.ProtocolConfiguration) *extprocv3.ProcessingResponse {
 	hs := headerMap(h.GetHeaders())
 	x.method, x.path = hs[":method"], hs[":path"]
 	x.isKube = x.target.API == policies.APIKubernetes
 	if x.isKube {
 		x.kube, _ = httpapi.ParseKubernetes(x.method, x.path, hs)
 	}
+	// Envoy sends protocol_config with the stream's first message, these
+	// headers. Without one, assume the body is seen, as sluice's
+	// translation has it wherever a policy masks.
+	x.seesBody = pc == nil || pc.GetResponseBodyMode() != httpextprocv3.ProcessingMode_NONE
 	if httpapi.IsUpgrade(hs) {
-		return x.upgradeRequest(hs, pc)
+		return x.upgradeRequest(ctx, hs, pc)
+	}
+	if len(x.masks) > 0 && !x.seesBody {
+		// The decision masks, but this chain does not send response
+		// bodies here (Envoy is not yet running the configuration that
+		// masks them): the response would pass unmasked.
+		x.srv.log.Warn("masked request reached an ext_proc filter that is not sent response bodies; refusing",
+			"target", x.target.Name, "masks", x.masks)
+		return refusal(typev3.StatusCode_ServiceUnavailable, x.target.Name,
+			"sluice: this request's response must be masked, but Envoy does not yet send it to sluice; retry shortly")
+	}
+	if h.GetEndOfStream() || pc.GetRequestBodyMode() != httpextprocv3.ProcessingMode_BUFFERED {
+		if r := x.recordRequest(ctx); r != nil {
+			return r
+		}
 	}
 	common := &extprocv3.CommonResponse{}
 	if len(x.masks) > 0 {
@@ -301,35 +337,59 @@ func (x *exchange) requestHeaders(h *extprocv3.HttpHeaders, pc *extprocv3.Protoc
 		RequestHeaders: &extprocv3.HeadersResponse{Response: common}}}
 }
 
-func (x *exchange) requestBody(b *extprocv3.HttpBody) {
+// requestBody records the request with its body's digest, durably,
+// before answering: in BUFFERED mode this is the whole body (one message,
+// end_of_stream unless trailers follow), and Envoy forwards nothing of
+// the request, headers included, until it has this answer. A request
+// already recorded (its body mode is not BUFFERED) is only digested.
+func (x *exchange) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
 	if x.reqHash == nil {
 		x.reqHash = sha256.New()
 	}
 	x.reqHash.Write(b.GetBody())
 	x.reqBytes += int64(len(b.GetBody()))
+	if r := x.recordRequest(ctx); r != nil {
+		return r
+	}
+	return bodyResponse(true, nil)
 }
 
-// responseHeaders decides how the body will be treated and records the
-// pair, durably, before anything of the response moves on.
+// recordRequest appends the request's event unless it is recorded
+// already. It returns nil once the event is durable, or the 503 that
+// refuses the request when it cannot be: nothing passes unaudited.
+func (x *exchange) recordRequest(ctx context.Context) *extprocv3.ProcessingResponse {
+	if err := x.record(ctx); err != nil {
+		return refusal(typev3.StatusCode_ServiceUnavailable, x.target.Name, "sluice: the audit store is unavailable; nothing passes unaudited")
+	}
+	return nil
+}
+
+// responseHeaders decides how the body will be treated. The request was
+// recorded before it was forwarded; a response to a request that was not
+// (a local reply of Envoy's, such as a 413 for a body over the buffer
+// limit) records it now, before the response moves on.
 func (x *exchange) responseHeaders(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	hs := headerMap(h.GetHeaders())
 	x.status, _ = strconv.Atoi(hs[":status"])
+	if r := x.recordRequest(ctx); r != nil {
+		return r
+	}
 	if x.upgrade != "" {
-		return x.upgradeResponse(ctx, h)
+		return x.upgradeResponse(h)
 	}
 	common := &extprocv3.CommonResponse{}
 	if len(x.masks) > 0 && !h.GetEndOfStream() {
 		rules, err := x.srv.compiled(x.cfg, x.masks)
 		if err != nil {
-			return x.refuseResponse(ctx, typev3.StatusCode_InternalServerError, "sluice: "+err.Error())
+			return x.refuseResponse(typev3.StatusCode_InternalServerError, "sluice: "+err.Error())
 		}
 		ct, _, _ := mime.ParseMediaType(hs["content-type"])
 		switch {
 		case hs["content-encoding"] != "" && hs["content-encoding"] != "identity":
-			return x.refuseResponse(ctx, typev3.StatusCode_BadGateway,
+			return x.refuseResponse(typev3.StatusCode_BadGateway,
 				fmt.Sprintf("sluice: the response is %s-encoded, which sluice cannot mask", hs["content-encoding"]))
 		case ct != "" && ct != "application/json" && !strings.HasSuffix(ct, "+json"):
-			return x.refuseResponse(ctx, typev3.StatusCode_BadGateway,
+			return x.refuseResponse(typev3.StatusCode_BadGateway,
 				fmt.Sprintf("sluice: the response is %s, which sluice cannot mask; ask for application/json", ct))
 		}
 		x.rules = rules
@@ -343,20 +403,30 @@ func (x *exchange) responseHeaders(ctx context.Context, h *extprocv3.HttpHeaders
 		// (chunked, or HTTP/2 frames) without the upstream's length.
 		common.HeaderMutation = &extprocv3.HeaderMutation{RemoveHeaders: []string{"content-length"}}
 	}
-	if err := x.record(ctx); err != nil {
-		return refusal(typev3.StatusCode_ServiceUnavailable, x.target.Name, "sluice: the audit store is unavailable; nothing passes unaudited")
-	}
-	if h.GetEndOfStream() {
+	switch {
+	case h.GetEndOfStream():
 		x.done = true
+	case !x.seesBody:
+		// The body flows past sluice (response body mode NONE): nothing
+		// more of the exchange comes here, so sluice cannot count it,
+		// digest it, or tell whether it completed. Its record says what
+		// the upstream declared, if anything.
+		x.done, x.bodyUnseen, x.declared = true, true, -1
+		if n, err := strconv.ParseInt(hs["content-length"], 10, 64); err == nil && n >= 0 {
+			x.declared = n
+		}
+		if x.method == "HEAD" {
+			x.declared = 0
+		}
 	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
 		ResponseHeaders: &extprocv3.HeadersResponse{Response: common}}}
 }
 
-// refuseResponse records the pair with the refusal and ends the exchange.
-func (x *exchange) refuseResponse(ctx context.Context, code typev3.StatusCode, msg string) *extprocv3.ProcessingResponse {
+// refuseResponse ends the exchange; its http.response event carries the
+// refusal as its error.
+func (x *exchange) refuseResponse(code typev3.StatusCode, msg string) *extprocv3.ProcessingResponse {
 	x.failure = msg
-	_ = x.record(ctx)
 	return refusal(code, x.target.Name, msg)
 }
 
@@ -424,7 +494,7 @@ func (x *exchange) digest(b []byte) {
 	x.sent += int64(len(b))
 }
 
-// event is the pair's audit record.
+// event is an audit record of the exchange.
 func (x *exchange) event(kind audit.Kind) audit.Event {
 	ev := audit.Event{Time: x.srv.opts.Now(), Kind: kind, RequestID: x.requestID, Principal: x.principal, Target: x.target.Name,
 		Request: x.method + " " + x.path, Decision: x.decision, Reason: x.reason, GrantID: x.grantID, HTTPStatus: x.status,
@@ -435,35 +505,52 @@ func (x *exchange) event(kind audit.Kind) audit.Event {
 	return ev
 }
 
-// record appends the request and its response status, durably: the gate
-// on anything of the response reaching the agent.
+// record appends the request's http.request event (what was asked, the
+// decision, the body's size and digest), durably: the gate on the request
+// reaching the upstream. The response's status is in http.response.
 func (x *exchange) record(ctx context.Context) error {
 	if x.recorded {
 		return nil
 	}
 	ev := x.event(audit.KindHTTPRequest)
+	ev.HTTPStatus = 0 // the response's, in http.response
 	if x.reqHash != nil {
 		ev.Digest = "sha256:" + hex.EncodeToString(x.reqHash.Sum(nil))
 		ev.Bytes = x.reqBytes
 	}
 	if err := x.srv.opts.Audit.Append(ctx, ev); err != nil {
-		x.srv.log.Warn("http exchange not recorded; refusing the response", "target", x.target.Name, "err", err)
+		x.srv.log.Warn("http request not recorded; refusing it", "target", x.target.Name, "err", err)
 		return err
 	}
 	x.recorded = true
 	return nil
 }
 
-// finish records what the agent received. The pair's own record was
-// durable before the response moved, so this one waits for nothing.
+// finish records the response: its status, what the agent received
+// (bytes and digest), the paths masked, the exchange's duration and any
+// failure. The request's record was durable before the request moved, so
+// this one waits for nothing.
+//
+// Where the body flowed past sluice (bodyUnseen) the record has no
+// digest; Bytes is the upstream's Content-Length, not a count of what
+// passed, and is left unset (unknown, not zero) without one; and Duration
+// ends at the response headers when Envoy closes the stream then. No
+// error is claimed for a body sluice never saw.
 func (x *exchange) finish() {
 	if !x.recorded {
 		return
 	}
 	ev := x.event(audit.KindHTTPResponse)
-	ev.Bytes, ev.Duration = x.sent, x.srv.opts.Now().Sub(x.start)
-	if x.respHash != nil {
-		ev.Digest = "sha256:" + hex.EncodeToString(x.respHash.Sum(nil))
+	ev.Duration = x.srv.opts.Now().Sub(x.start)
+	if x.bodyUnseen {
+		if x.declared > 0 {
+			ev.Bytes = x.declared
+		}
+	} else {
+		ev.Bytes = x.sent
+		if x.respHash != nil {
+			ev.Digest = "sha256:" + hex.EncodeToString(x.respHash.Sum(nil))
+		}
 	}
 	ev.MaskedColumns = x.report.Paths
 	if !x.done && ev.Error == "" {

@@ -78,20 +78,23 @@ func respBody(body string, eos bool) *extprocv3.ProcessingRequest {
 
 // TestHTTPMasksWholeJSONAcrossChunks: a JSON response is held until its
 // end and sent masked in the last chunk's answer; earlier chunks are
-// answered empty; Content-Length is removed; the pair is recorded before
-// the response headers are answered.
+// answered empty; Content-Length is removed; the request is recorded
+// before its headers (its last message: no body) are answered.
 func TestHTTPMasksWholeJSONAcrossChunks(t *testing.T) {
 	rec := &sink{}
 	x := httpExchange(t, rec)
 	ctx := context.Background()
 	md := decisionMD("allow", "pii")
 	x.handle(ctx, reqHeaders(md, ":method", "GET", ":path", "/v1/people/1"))
+	if k := rec.kinds(); len(k) != 1 || k[0] != audit.KindHTTPRequest {
+		t.Fatalf("recorded %v once the request headers were answered, want the request", k)
+	}
 	r := x.handle(ctx, respHeaders(md, false, ":status", "200", "content-type", "application/json", "content-length", "60"))
 	if got := r.GetResponseHeaders().GetResponse().GetHeaderMutation().GetRemoveHeaders(); len(got) != 1 || got[0] != "content-length" {
 		t.Errorf("header mutation %v, want content-length removed", got)
 	}
 	if k := rec.kinds(); len(k) != 1 || k[0] != audit.KindHTTPRequest {
-		t.Fatalf("recorded %v before the body, want the request pair", k)
+		t.Fatalf("recorded %v before the body, want the request alone", k)
 	}
 	doc := `{"name":"Ann","ssn":"536-22-8726","note":"mail ann@example.com"}`
 	r1 := x.handle(ctx, respBody(doc[:20], false))
@@ -144,10 +147,9 @@ func TestHTTPRefusals(t *testing.T) {
 	if r := x.handle(ctx, respBody(`{"ssn": 536-22`, true)); status(r) != 502 {
 		t.Errorf("invalid JSON: %v", r)
 	}
-	down := &sink{fail: true}
-	x = httpExchange(t, down)
-	x.handle(ctx, reqHeaders(md, ":method", "GET", ":path", "/"))
-	if r := x.handle(ctx, respHeaders(md, false, ":status", "200", "content-type", "application/json")); status(r) != 503 {
+	// The audit store down: the request is refused before it is
+	// forwarded (http_audit_test.go has the detail).
+	if r := httpExchange(t, &sink{fail: true}).handle(ctx, reqHeaders(md, ":method", "GET", ":path", "/")); status(r) != 503 {
 		t.Errorf("audit down: %v, want 503", r)
 	}
 }

@@ -17,8 +17,8 @@ import (
 // request headers and the upstream's answer, never a body
 // (xds/translate_http.go, envoy-contract.md section 4, "Upgrades"):
 //
-//	request_headers  (end_of_stream false: the tunnel is the body)  → continue
-//	response_headers 101                                            → record the pair, continue
+//	request_headers  (end_of_stream false: the tunnel is the body)  → record http.request, continue
+//	response_headers 101                                            → continue
 //	  ... the tunnel: bytes both ways, neither seen nor masked ...
 //	stream closed    → finish records http.response (status 101)
 //
@@ -28,15 +28,18 @@ import (
 // stream is destroyed closes it at the tunnel's end, and the http.response
 // record's duration is then the session's.
 //
-// Fail closed: an upgrade that reaches a processor configured to be sent
+// The request is recorded, durably, before its headers are answered: that
+// answer lets Envoy forward the upgrade, and no body message follows to
+// wait for. Fail closed: an upgrade whose record cannot be appended is
+// refused (503); an upgrade that reaches a processor configured to be sent
 // bodies is refused (Envoy would buffer the request until a body end that
 // never comes, or send the tunnel's bytes here); an upgrade the upstream
 // refuses with a body sluice would have to mask, but cannot on this path,
 // is refused too.
 
-// upgradeRequest checks an upgrade request's processing mode and answers
-// its headers unchanged.
-func (x *exchange) upgradeRequest(hs map[string]string, pc *extprocv3.ProtocolConfiguration) *extprocv3.ProcessingResponse {
+// upgradeRequest checks an upgrade request's processing mode, records it
+// and answers its headers unchanged.
+func (x *exchange) upgradeRequest(ctx context.Context, hs map[string]string, pc *extprocv3.ProtocolConfiguration) *extprocv3.ProcessingResponse {
 	x.upgrade = hs["upgrade"]
 	if x.upgrade == "" {
 		x.upgrade = "(no Upgrade header)"
@@ -49,21 +52,21 @@ func (x *exchange) upgradeRequest(hs map[string]string, pc *extprocv3.ProtocolCo
 		return refusal(typev3.StatusCode_InternalServerError, x.target.Name,
 			"sluice: this upgrade reached a filter chain that cannot carry it; Envoy is not running the configuration sluice serves")
 	}
+	if r := x.recordRequest(ctx); r != nil {
+		return r
+	}
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{}}}}
 }
 
-// upgradeResponse records the upstream's answer to an upgrade, durably,
-// before it reaches the agent: a 101 opens the tunnel; anything else is
-// the upstream's refusal, which passes unless it has a body sluice would
-// have to mask.
-func (x *exchange) upgradeResponse(ctx context.Context, h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+// upgradeResponse answers the upstream's answer to an upgrade (recorded
+// in http.response when the stream ends): a 101 opens the tunnel;
+// anything else is the upstream's refusal, which passes unless it has a
+// body sluice would have to mask.
+func (x *exchange) upgradeResponse(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	if x.status != http.StatusSwitchingProtocols && len(x.masks) > 0 && !h.GetEndOfStream() {
-		return x.refuseResponse(ctx, typev3.StatusCode_BadGateway, fmt.Sprintf(
+		return x.refuseResponse(typev3.StatusCode_BadGateway, fmt.Sprintf(
 			"sluice: the upstream refused the %s upgrade with status %d and a body, which sluice cannot mask on the upgrade path", x.upgrade, x.status))
-	}
-	if err := x.record(ctx); err != nil {
-		return refusal(typev3.StatusCode_ServiceUnavailable, x.target.Name, "sluice: the audit store is unavailable; nothing passes unaudited")
 	}
 	// Nothing more of this exchange comes here: the tunnel's bytes (or
 	// the refusal's body) are not sent to the processor.

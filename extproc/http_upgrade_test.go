@@ -2,8 +2,8 @@ package extproc
 
 import (
 	"context"
+	"strings"
 	"testing"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	httpextprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -27,9 +27,9 @@ func immediateStatus(r *extprocv3.ProcessingResponse) int32 {
 }
 
 // An allowed upgrade passes unchanged (no Accept rewrite: the tunnel is
-// not JSON, even where responses are masked); its 101 is recorded as the
-// pair before it is answered, and the response record says 101 without an
-// error once the stream ends.
+// not JSON, even where responses are masked); it is recorded before its
+// headers are answered (that answer lets Envoy forward it), and the
+// response record says 101 without an error once the stream ends.
 func TestHTTPUpgradeRecordsThe101(t *testing.T) {
 	rec := &sink{}
 	x := httpExchange(t, rec)
@@ -39,25 +39,17 @@ func TestHTTPUpgradeRecordsThe101(t *testing.T) {
 	if r.GetRequestHeaders() == nil || r.GetRequestHeaders().GetResponse().GetHeaderMutation() != nil {
 		t.Fatalf("request headers answer %v, want an unchanged continue", r)
 	}
+	if k := rec.kinds(); len(k) != 1 || k[0] != audit.KindHTTPRequest || !strings.Contains(rec.events[0].Request, "/exec?") {
+		t.Fatalf("recorded %v before answering the upgrade's headers, want its request", rec.events)
+	}
 	r = x.handle(ctx, respHeaders(md, false, ":status", "101", "upgrade", "websocket", "connection", "Upgrade"))
 	if r.GetResponseHeaders() == nil || r.GetResponseHeaders().GetResponse().GetHeaderMutation() != nil {
 		t.Fatalf("101 answer %v, want an unchanged continue", r)
 	}
-	if k := rec.kinds(); len(k) != 1 || k[0] != audit.KindHTTPRequest || rec.events[0].HTTPStatus != 101 {
-		t.Fatalf("recorded %v before answering the 101, want the pair with status 101", rec.events)
-	}
 	x.finish()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(rec.kinds()) < 2 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if len(rec.events) != 2 {
-		t.Fatalf("events %v", rec.events)
-	}
-	resp := rec.events[1]
-	if resp.Kind != audit.KindHTTPResponse || resp.HTTPStatus != 101 || resp.Error != "" || resp.RequestID != rec.events[0].RequestID {
+	evs := waitEvents(t, rec, 2)
+	resp := evs[1]
+	if resp.Kind != audit.KindHTTPResponse || resp.HTTPStatus != 101 || resp.Error != "" || resp.RequestID != evs[0].RequestID {
 		t.Errorf("response record %+v", resp)
 	}
 }
@@ -90,8 +82,9 @@ func TestHTTPUpgradeFailsClosed(t *testing.T) {
 	if r := x.handle(ctx, respHeaders(md, false, ":status", "200", "content-type", "application/json")); immediateStatus(r) != 502 {
 		t.Errorf("refusal with a body: %v, want 502", r)
 	}
-	if len(rec.events) != 1 || rec.events[0].HTTPStatus != 200 || rec.events[0].Error == "" {
-		t.Errorf("refused answer recorded as %+v", rec.events)
+	x.finish()
+	if evs := waitEvents(t, rec, 2); evs[1].Kind != audit.KindHTTPResponse || evs[1].HTTPStatus != 200 || evs[1].Error == "" {
+		t.Errorf("refused answer recorded as %+v", evs)
 	}
 
 	rec = &sink{}
@@ -100,13 +93,15 @@ func TestHTTPUpgradeFailsClosed(t *testing.T) {
 	if r := x.handle(ctx, respHeaders(md, true, ":status", "403")); r.GetResponseHeaders() == nil {
 		t.Errorf("bodiless refusal: %v, want it passed", r)
 	}
-	if len(rec.events) != 1 || rec.events[0].HTTPStatus != 403 {
-		t.Errorf("bodiless refusal recorded as %+v", rec.events)
+	x.finish()
+	if evs := waitEvents(t, rec, 2); evs[1].HTTPStatus != 403 || evs[1].Error != "" {
+		t.Errorf("bodiless refusal recorded as %+v", evs)
 	}
 
+	// The audit store down: the upgrade is refused before it is
+	// forwarded.
 	x = httpExchange(t, &sink{fail: true})
-	x.handle(ctx, upgradeHeaders(md, httpextprocv3.ProcessingMode_NONE, httpextprocv3.ProcessingMode_NONE))
-	if r := x.handle(ctx, respHeaders(md, false, ":status", "101")); immediateStatus(r) != 503 {
+	if r := x.handle(ctx, upgradeHeaders(md, httpextprocv3.ProcessingMode_NONE, httpextprocv3.ProcessingMode_NONE)); immediateStatus(r) != 503 {
 		t.Errorf("audit down: %v, want 503", r)
 	}
 }

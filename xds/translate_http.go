@@ -16,6 +16,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -52,16 +53,30 @@ func (t *translator) http(tg *policies.Target) {
 		Services:            &httpauthzv3.ExtAuthz_GrpcService{GrpcService: grpcService(t.authzCluster, t.cfg.Envoy.AuthzTimeout)},
 		FailureModeAllow:    false,
 		TransportApiVersion: corev3.ApiVersion_V3,
+		// When sluice cannot answer (down, or past the timeout) Envoy
+		// refuses with status_on_error, 403 by default: the agent would
+		// read a permission denial into an outage. 503 says "try again"
+		// (envoy-contract.md section 3).
+		StatusOnError: statusOnError(),
 	}
 	extproc := &httpextprocv3.ExternalProcessor{
 		GrpcService:      grpcService(t.extprocCluster, 0),
 		FailureModeAllow: false,
-		// Only what sluice needs is sent. Request bodies are buffered so
-		// sluice records a whole request (its digest) before it reaches
-		// the upstream (a body over the connection's buffer limit is
-		// refused with 413). Response bodies go to sluice only where a
-		// policy masks them, streamed, so that a large list or a watch is
-		// masked chunk by chunk; elsewhere they flow past sluice.
+		// As ext_authz's: an unreachable or failing processor is an
+		// outage (503), not Envoy's default 500. A per-message timeout is
+		// 504 in the builds envoy-contract.md section 4 describes, also a
+		// transient failure.
+		StatusOnError: statusOnError(),
+		// Only what sluice needs is sent. Request bodies are buffered:
+		// Envoy holds the request (headers included) until sluice answers
+		// the whole body, and sluice answers only once the request's
+		// event, with the body's digest, is durable, so nothing reaches
+		// the upstream unaudited (a body over the connection's buffer
+		// limit is refused with 413). Response bodies go to sluice only
+		// where a policy masks them, streamed, so that a large list or a
+		// watch is masked chunk by chunk; elsewhere they flow past sluice,
+		// and the response's record has no digest, its size taken from
+		// Content-Length (extproc/http.go).
 		ProcessingMode: &httpextprocv3.ProcessingMode{
 			RequestHeaderMode:   httpextprocv3.ProcessingMode_SEND,
 			ResponseHeaderMode:  httpextprocv3.ProcessingMode_SEND,
@@ -259,6 +274,12 @@ func exact(s string) *matcherv3.StringMatcher {
 // httpFilter wraps a typed config as a named HTTP filter.
 func (t *translator) httpFilter(name string, m proto.Message) *hcmv3.HttpFilter {
 	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: t.typed(m)}}
+}
+
+// statusOnError is what Envoy answers when sluice's ext_authz or ext_proc
+// cannot: 503 Service Unavailable, a transient failure the agent may retry.
+func statusOnError() *typev3.HttpStatus {
+	return &typev3.HttpStatus{Code: typev3.StatusCode_ServiceUnavailable}
 }
 
 // responseBodyMode is STREAMED when some policy on the target masks

@@ -7,6 +7,7 @@ import (
 	httpauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	httpextprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -56,6 +57,36 @@ func TestHTTPUpgradeChain(t *testing.T) {
 			}
 			if !slices.Equal(types, tc.types) {
 				t.Errorf("upgrade types %v, want %v", types, tc.types)
+			}
+		})
+	}
+}
+
+// When sluice cannot answer (down, unreachable, failing), Envoy answers
+// the agent with status_on_error: 503, a transient failure, on every
+// chain (default and upgrade) for both filters, never ext_authz's default
+// 403 (a permission denial) or ext_proc's 500.
+func TestHTTPStatusOnError(t *testing.T) {
+	for _, tc := range []struct{ config, target string }{
+		{"../policies/examples/http-kubernetes.yaml", "cluster-api"},
+		{"../policies/examples/http-api-key.yaml", "crm-api"},
+	} {
+		t.Run(tc.target, func(t *testing.T) {
+			_, res := load(t, tc.config)
+			hcm := unpack[*hcmv3.HttpConnectionManager](t, findListener(t, res, tc.target).GetFilterChains()[0].GetFilters()[0].GetTypedConfig())
+			chains := [][]*hcmv3.HttpFilter{hcm.GetHttpFilters()}
+			for _, uc := range hcm.GetUpgradeConfigs() {
+				chains = append(chains, uc.GetFilters())
+			}
+			for i, filters := range chains {
+				authz := unpack[*httpauthzv3.ExtAuthz](t, filters[0].GetTypedConfig())
+				if got := authz.GetStatusOnError().GetCode(); got != typev3.StatusCode_ServiceUnavailable {
+					t.Errorf("chain %d: ext_authz status_on_error %v, want 503", i, got)
+				}
+				ep := unpack[*httpextprocv3.ExternalProcessor](t, filters[1].GetTypedConfig())
+				if got := ep.GetStatusOnError().GetCode(); got != typev3.StatusCode_ServiceUnavailable {
+					t.Errorf("chain %d: ext_proc status_on_error %v, want 503", i, got)
+				}
 			}
 		})
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/authz"
@@ -153,6 +154,9 @@ type httpPath struct {
 	audit *recordingSink
 	store grants.Store
 	base  string
+	// stopAuthz and stopProc stop sluice's ext_authz and ext_proc
+	// servers, as an outage would.
+	stopAuthz, stopProc func()
 }
 
 func startHTTPPath(t *testing.T) *httpPath {
@@ -201,13 +205,19 @@ func startHTTPPathWith(t *testing.T, config string, clients ...testenv.OIDCClien
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveGRPCOn(t, authzLis, authzSrv.Register)
-	serveGRPCOn(t, procLis, proc.Register)
+	authzG, procG := grpc.NewServer(), grpc.NewServer()
+	authzSrv.Register(authzG)
+	proc.Register(procG)
+	go authzG.Serve(authzLis)
+	go procG.Serve(procLis)
+	t.Cleanup(authzG.Stop)
+	t.Cleanup(procG.Stop)
 	if err := xdsSrv.Update(cfg); err != nil {
 		t.Fatal(err)
 	}
 	sim := startSim(t, xdsAddr, "cluster-api", envoysim.WithNode(&corev3.Node{Id: "e2e-http"}), envoysim.WithLogf(simLog(t)))
-	return &httpPath{t: t, kube: kube, idp: idp, sim: sim, audit: rec, store: store, base: "http://" + sim.ListenerAddr("cluster-api")}
+	return &httpPath{t: t, kube: kube, idp: idp, sim: sim, audit: rec, store: store, base: "http://" + sim.ListenerAddr("cluster-api"),
+		stopAuthz: authzG.Stop, stopProc: procG.Stop}
 }
 
 // do sends one request as the agent and returns the status and body.

@@ -120,7 +120,8 @@ func (h *httpPath) dialExec(path, token string) (*websocket.Conn, error) {
 // request; an on-call agent needs approval, then runs exec over WebSocket
 // and over SPDY/3.1 and gets its echo back; an exec the API server
 // refuses with a body is refused (sluice cannot mask it on the upgrade
-// path); the decisions and the 101 pairs are in the audit trail.
+// path); the decisions, the requests and the 101 responses are in the
+// audit trail.
 func TestHTTPKubernetesExecUpgrade(t *testing.T) {
 	h := startHTTPPathWith(t, httpUpgradeConfig,
 		testenv.OIDCClient{ID: "agent-1", Secret: "s1", Groups: []string{"agents"}},
@@ -212,11 +213,12 @@ func TestHTTPKubernetesExecUpgrade(t *testing.T) {
 		t.Errorf("exec on a missing pod: %d %s", code, body)
 	}
 
-	// The audit trail: the refusals, the decisions that let exec run, and
-	// each session's pair (status 101) before and after it.
+	// The audit trail: the refusals, the decisions that let exec run,
+	// each exec's request (recorded before it was forwarded) and its
+	// response (status 101) after it.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var denied, approval, allowed, pairs, results int
+		var denied, approval, allowed, requests, results, missing int
 		h.audit.mu.Lock()
 		for _, e := range h.audit.events {
 			isExec := strings.Contains(e.Request, "/exec?")
@@ -233,8 +235,16 @@ func TestHTTPKubernetesExecUpgrade(t *testing.T) {
 					t.Errorf("allow recorded as %+v", e)
 				}
 				allowed++
-			case e.Kind == audit.KindHTTPRequest && isExec && e.HTTPStatus == http.StatusSwitchingProtocols:
-				pairs++
+			case e.Kind == audit.KindHTTPRequest && isExec:
+				if e.HTTPStatus != 0 || e.RequestID == "" || e.Principal.Subject != "agent-ops" {
+					t.Errorf("exec request recorded as %+v", e)
+				}
+				requests++
+			case e.Kind == audit.KindHTTPResponse && strings.Contains(e.Request, "/pods/missing/"):
+				if e.HTTPStatus != 404 || e.Error == "" {
+					t.Errorf("the refused upgrade's response: %+v", e)
+				}
+				missing++
 			case e.Kind == audit.KindHTTPResponse && isExec && e.HTTPStatus == http.StatusSwitchingProtocols:
 				if e.Error != "" || e.RequestID == "" {
 					t.Errorf("101 result recorded as %+v", e)
@@ -243,22 +253,15 @@ func TestHTTPKubernetesExecUpgrade(t *testing.T) {
 			}
 		}
 		h.audit.mu.Unlock()
-		// Three allowed: the WebSocket and SPDY sessions, and the exec on
-		// the missing pod.
-		if denied == 2 && approval == 1 && allowed == 3 && pairs == 2 && results == 2 {
+		// Three allowed, recorded before they were forwarded: the
+		// WebSocket and SPDY sessions, and the exec on the missing pod.
+		if denied == 2 && approval == 1 && allowed == 3 && requests == 3 && results == 2 && missing == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("audit: %d denials, %d approval requests, %d allowed, %d 101 pairs, %d 101 results", denied, approval, allowed, pairs, results)
+			t.Fatalf("audit: %d denials, %d approval requests, %d allowed, %d exec requests, %d 101 results, %d refused upgrade's responses", denied, approval, allowed, requests, results, missing)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	h.audit.mu.Lock()
-	for _, e := range h.audit.events {
-		if e.Kind == audit.KindHTTPRequest && strings.Contains(e.Request, "/pods/missing/") && (e.HTTPStatus != 404 || e.Error == "") {
-			t.Errorf("the refused upgrade's pair: %+v", e)
-		}
-	}
-	h.audit.mu.Unlock()
 	h.sim.RequireNoViolations(t)
 }

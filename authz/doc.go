@@ -27,4 +27,20 @@
 // Refusals are *TokenError with a stable TokenErrorCode, which the edges
 // translate: 401 with a JSON body over HTTP, FATAL 28P01/28000 on the
 // Postgres wire.
+//
+// # Audit
+//
+// Every Check answer is recorded (audit.go). An allow, a policy refusal
+// and a refusal that opens an approval request are answered only once
+// their event is durable; otherwise the answer is 503, the audit store is
+// unavailable. The approval request itself is recorded (grant.requested)
+// before it is opened, and not opened if that fails. Refusals sluice makes
+// before or without a decision (unknown or disabled target, source, token,
+// grant store, credential) are recorded best effort: they let nothing
+// through, so a failed record does not turn them into anything else. An
+// authentication refusal (authn) carries its reason, never the token.
+//
+// Envoy ends a Check at envoy.authz_timeout with its own, unexplained
+// failure, so a Check's appends end a little before that (auditBudget),
+// counted from the start of the Check, and sluice answers first.
 package authz

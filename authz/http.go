@@ -40,61 +40,85 @@ type Refusal struct {
 // names its target in context_extensions; the agent's bearer token is
 // verified; the request is classified and decided; on allow, the agent's
 // credential is replaced by the target's.
-func (s *Server) checkHTTP(ctx context.Context, st *state, attrs *authv3.AttributeContext, req *authv3.AttributeContext_HttpRequest) (*authv3.CheckResponse, string) {
+//
+// Every answer is audited. An allow, a policy refusal and a refusal that
+// opens an approval request go out only once their event is durable; the
+// refusals sluice makes before or without a decision are recorded best
+// effort (recordRefusal), since they let nothing through.
+func (c *check) checkHTTP(ctx context.Context, st *state, attrs *authv3.AttributeContext, req *authv3.AttributeContext_HttpRequest) (*authv3.CheckResponse, string) {
+	now := c.opts.Now()
+	request := req.GetMethod() + " " + req.GetPath()
+	var source string
+	src, srcOK := peerAddr(attrs.GetSource().GetAddress())
+	if srcOK {
+		source = src.String()
+	}
+	refuse := func(p policies.Principal, target string, code int, r Refusal, internal string) *authv3.CheckResponse {
+		c.recordRefusal(ctx, refusalEvent(now, p, target, source, request, r.Reason, internal))
+		return deny(code, r, nil)
+	}
+
 	name := attrs.GetContextExtensions()["target"]
 	t, ok := st.cfg.Target(name)
 	if !ok || t.Kind != policies.KindHTTP {
-		s.log.Error("HTTP check for a route without a known http target", "target", name)
-		return deny(http.StatusForbidden, Refusal{Error: "forbidden", Reason: fmt.Sprintf("this route names no http target sluice knows (%q)", name)}, nil), "deny"
+		c.log.Error("HTTP check for a route without a known http target", "target", name)
+		return refuse(policies.Principal{}, name, http.StatusForbidden, Refusal{Error: "forbidden", Reason: fmt.Sprintf("this route names no http target sluice knows (%q)", name)}, ""), "deny"
 	}
 	if t.Disabled {
-		return deny(http.StatusForbidden, Refusal{Error: "forbidden", Target: t.Name, Reason: "target " + t.Name + " is disabled"}, nil), "deny"
+		return refuse(policies.Principal{}, t.Name, http.StatusForbidden, Refusal{Error: "forbidden", Target: t.Name, Reason: "target " + t.Name + " is disabled"}, ""), "deny"
 	}
-	if src, ok := peerAddr(attrs.GetSource().GetAddress()); !ok || !sourceAllowed(t, src.Addr()) {
-		return deny(http.StatusForbidden, Refusal{Error: "forbidden", Target: t.Name, Reason: "your address may not reach " + t.Name}, nil), "deny"
+	if !srcOK || !sourceAllowed(t, src.Addr()) {
+		return refuse(policies.Principal{}, t.Name, http.StatusForbidden, Refusal{Error: "forbidden", Target: t.Name, Reason: "your address may not reach " + t.Name}, ""), "deny"
 	}
 
 	raw, ok := bearer(req.GetHeaders()["authorization"])
 	if !ok {
-		return unauthenticated(t.Name, "send your OIDC access token as Authorization: Bearer <token>"), "unauthenticated"
+		reason := "send your OIDC access token as Authorization: Bearer <token>"
+		c.recordRefusal(ctx, authnRefusalEvent(now, t.Name, source, request, "no bearer token: "+reason))
+		return unauthenticated(t.Name, reason), "unauthenticated"
 	}
 	ver, err := st.verifier.Verify(ctx, raw)
 	if err != nil {
+		// TokenError messages never contain the token; TokenHash is the
+		// form that may be logged.
 		var te *TokenError
 		if errors.As(err, &te) && te.Code == TokenIssuerUnavailable {
-			s.log.Warn("token refused: issuer unavailable", "token_sha", TokenHash(raw), "err", te.Reason)
+			c.log.Warn("token refused: issuer unavailable", "token_sha", TokenHash(raw), "err", te.Reason)
+			c.recordRefusal(ctx, authnRefusalEvent(now, t.Name, source, request, te.Reason))
 			return deny(http.StatusServiceUnavailable, Refusal{Error: "unavailable", Target: t.Name, Reason: te.Reason}, nil), "error"
 		}
-		s.log.Info("token refused", "token_sha", TokenHash(raw), "target", t.Name, "err", err)
+		c.log.Info("token refused", "token_sha", TokenHash(raw), "target", t.Name, "err", err)
+		c.recordRefusal(ctx, authnRefusalEvent(now, t.Name, source, request, err.Error()))
 		return unauthenticated(t.Name, err.Error()), "unauthenticated"
 	}
 	p := ver.Principal
-	now := s.opts.Now()
 	class := classify(t, req.GetMethod(), req.GetPath(), req.GetHeaders(), httpRules(st.cfg, t.Name))
-	request := req.GetMethod() + " " + req.GetPath()
 
-	grants, err := s.opts.Grants.Active(ctx, p, t.Name, now)
+	grants, err := c.opts.Grants.Active(ctx, p, t.Name, now)
 	if err != nil {
-		s.log.Error("grant store unavailable; refusing", "err", err)
-		return deny(http.StatusServiceUnavailable, Refusal{Error: "unavailable", Target: t.Name, Reason: "the grant store is unavailable; try again"}, nil), "error"
+		c.log.Error("grant store unavailable; refusing", "err", err)
+		return refuse(p, t.Name, http.StatusServiceUnavailable, Refusal{Error: "unavailable", Target: t.Name, Reason: "the grant store is unavailable; try again"}, err.Error()), "error"
 	}
 	d := st.cfg.Decide(policies.Request{Principal: p, Target: t.Name, Classes: []policies.OperationClass{class}}, grants)
 	md := decisionMetadata(p, t.Name, d, raw)
 
-	ev := audit.Event{Time: now, Kind: audit.KindAuthzDecision, Principal: p, Target: t.Name, Request: request,
+	ev := audit.Event{Time: now, Kind: audit.KindAuthzDecision, Principal: p, Target: t.Name, Source: source, Request: request,
 		Classes: []policies.OperationClass{class}, Decision: d.Outcome.String(), Reason: d.Reason, GrantID: d.GrantID}
-	if src, ok := peerAddr(attrs.GetSource().GetAddress()); ok {
-		ev.Source = src.String()
+	// refused records a refusal that sluice, not the policy, caused.
+	refused := func(r Refusal, err error) *authv3.CheckResponse {
+		ev.Decision, ev.Reason, ev.Error = policies.Deny.String(), r.Reason, err.Error()
+		c.recordRefusal(ctx, ev)
+		return deny(http.StatusServiceUnavailable, r, md)
 	}
 
 	switch d.Outcome {
 	case policies.Allow:
 		headers, remove, err := credentialHeaders(t)
 		if err != nil {
-			s.log.Error("target credential unavailable; refusing", "target", t.Name, "err", err)
-			return deny(http.StatusServiceUnavailable, Refusal{Error: "unavailable", Target: t.Name, Reason: "sluice cannot present its credential for " + t.Name}, md), "error"
+			c.log.Error("target credential unavailable; refusing", "target", t.Name, "err", err)
+			return refused(Refusal{Error: "unavailable", Target: t.Name, Reason: "sluice cannot present its credential for " + t.Name}, err), "error"
 		}
-		if err := s.opts.Audit.Append(ctx, ev); err != nil {
+		if err := c.record(ctx, ev); err != nil {
 			return auditDown(t.Name, md), "error"
 		}
 		return &authv3.CheckResponse{
@@ -105,21 +129,31 @@ func (s *Server) checkHTTP(ctx context.Context, st *state, attrs *authv3.Attribu
 			}},
 		}, "allow"
 	case policies.ApprovalRequired:
-		id, err := s.opts.Grants.RequestApproval(ctx, ApprovalRequest{Principal: p, Target: t.Name, Class: class,
+		// The request's own grant.requested event is appended within the
+		// same budget as the decision's.
+		actx, cancel := c.auditCtx(ctx)
+		id, err := c.opts.Grants.RequestApproval(actx, ApprovalRequest{Principal: p, Target: t.Name, Class: class,
 			Reason: "refused " + request, Duration: ApprovalDuration(st.cfg, t.Name), Now: now})
+		cancel()
+		if errors.Is(err, ErrAuditUnavailable) {
+			c.log.Error("AUDIT RECORD FAILED; approval request not opened", "target", t.Name, "subject", p.Subject, "err", err)
+			return auditDown(t.Name, md), "error"
+		}
 		if err != nil {
-			s.log.Error("grant store unavailable; refusing", "err", err)
-			return deny(http.StatusServiceUnavailable, Refusal{Error: "unavailable", Target: t.Name, Reason: "the grant store is unavailable; try again"}, md), "error"
+			c.log.Error("grant store unavailable; refusing", "err", err)
+			return refused(Refusal{Error: "unavailable", Target: t.Name, Reason: "the grant store is unavailable; try again"}, err), "error"
 		}
 		ev.GrantID = id
-		if err := s.opts.Audit.Append(ctx, ev); err != nil {
+		if err := c.record(ctx, ev); err != nil {
 			return auditDown(t.Name, md), "error"
 		}
 		md.Fields["approval_request_id"] = structpb.NewStringValue(id)
 		return deny(http.StatusForbidden, Refusal{Error: "approval_required", Target: t.Name, Class: class.String(), Reason: d.Reason,
 			ApprovalRequestID: id, HowToApprove: fmt.Sprintf("ask someone in %s to run: sluice grants approve %s", strings.Join(st.cfg.Approvers.Groups, " or "), id)}, md), "approval_required"
 	default:
-		if err := s.opts.Audit.Append(ctx, ev); err != nil {
+		// A policy refusal is recorded before it is answered, as before:
+		// the agent learns nothing the trail does not hold.
+		if err := c.record(ctx, ev); err != nil {
 			return auditDown(t.Name, md), "error"
 		}
 		return deny(http.StatusForbidden, Refusal{Error: "forbidden", Target: t.Name, Class: class.String(), Reason: d.Reason}, md), "deny"

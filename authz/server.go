@@ -96,6 +96,8 @@ func NewServer(cfg *policies.Config, opts Options) (*Server, error) {
 	if opts.Grants == nil || opts.Audit == nil {
 		return nil, fmt.Errorf("authz: a grant store and an audit sink are required")
 	}
+	// Approval requests the server opens are recorded in its own sink.
+	opts.Grants = withAudit(opts.Grants, opts.Audit)
 	s := &Server{opts: opts, log: opts.Logger}
 	var err error
 	s.checks, err = opts.Meter.Int64Counter("sluice_authz_checks",
@@ -145,13 +147,14 @@ func (s *Server) Register(g *grpc.Server) { authv3.RegisterAuthorizationServer(g
 // status and body instead of its own error handling.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	st := s.state.Load()
+	c := &check{Server: s, auditBy: time.Now().Add(auditBudget(st.cfg.Envoy.AuthzTimeout))}
 	attrs := req.GetAttributes()
 	if http := attrs.GetRequest().GetHttp(); http != nil && http.GetMethod() != "" {
-		resp, outcome := s.checkHTTP(ctx, st, attrs, http)
+		resp, outcome := c.checkHTTP(ctx, st, attrs, http)
 		s.checks.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", "http"), attribute.String("outcome", outcome)))
 		return resp, nil
 	}
-	resp, outcome := s.checkNetwork(st, attrs)
+	resp, outcome := c.checkNetwork(ctx, st, attrs)
 	s.checks.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", "network"), attribute.String("outcome", outcome)))
 	return resp, nil
 }

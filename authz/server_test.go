@@ -35,6 +35,8 @@ targets:
   - { name: cluster-api, kind: http, port: 16443, upstream: "https://127.0.0.1:6443", credentials: { bearer_env: SLUICE_TEST_K8S_TOKEN } }
   - { name: crm-api, kind: http, port: 16444, upstream: "http://127.0.0.1:9090", credentials: { bearer_env: SLUICE_TEST_CRM_KEY, header: X-API-Key } }
   - { name: unset-api, kind: http, port: 16445, upstream: "http://127.0.0.1:9091", credentials: { bearer_env: SLUICE_TEST_UNSET_SECRET } }
+  - { name: off-api, kind: http, port: 16446, upstream: "http://127.0.0.1:9092", credentials: { bearer_env: SLUICE_TEST_CRM_KEY }, disabled: true }
+  - { name: lan-api, kind: http, port: 16447, upstream: "http://127.0.0.1:9093", credentials: { bearer_env: SLUICE_TEST_CRM_KEY }, allowed_sources: [10.0.0.0/8] }
 policies:
   - name: agents
     targets: [orders-db, cluster-api, crm-api, unset-api]
@@ -53,21 +55,45 @@ type recorder struct {
 	mu     sync.Mutex
 	events []audit.Event
 	fail   bool
+	// failKind fails the appends of one kind only.
+	failKind audit.Kind
+	// hang makes appends wait for their ctx to end, as an audit store
+	// that stopped answering does.
+	hang bool
 	// discard keeps nothing, for load benchmarks that would otherwise
 	// measure the slice's growth.
 	discard bool
 }
 
-func (r *recorder) Append(_ context.Context, e audit.Event) error {
+func (r *recorder) Append(ctx context.Context, e audit.Event) error {
+	r.mu.Lock()
+	hang := r.hang
+	r.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return fmt.Errorf("audit: not recorded: %w", context.Cause(ctx))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.fail {
+	if r.fail || (r.failKind != "" && e.Kind == r.failKind) {
 		return errors.New("disk full")
 	}
 	if !r.discard {
 		r.events = append(r.events, e)
 	}
 	return nil
+}
+
+func (r *recorder) set(f func(r *recorder)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(r)
+}
+
+func (r *recorder) all() []audit.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]audit.Event(nil), r.events...)
 }
 
 func (r *recorder) last() audit.Event {
@@ -84,16 +110,20 @@ type fixture struct {
 	srv    *authz.Server
 }
 
-func newFixture(t testing.TB, store grants.Store) *fixture {
+func newFixture(t testing.TB, store grants.Store, mods ...func(*policies.Config)) *fixture {
 	t.Helper()
 	t.Setenv("SLUICE_TEST_K8S_TOKEN", "k8s-service-token")
 	t.Setenv("SLUICE_TEST_CRM_KEY", "crm-key")
 	idp := testenv.StartOIDC(t)
 	idp.AddClient(testenv.OIDCClient{ID: "agent-1", Secret: "s", Groups: []string{"agents"}})
 	idp.AddClient(testenv.OIDCClient{ID: "outsider", Secret: "s"})
+	idp.AddClient(testenv.OIDCClient{ID: "stale", Secret: "s", Groups: []string{"agents"}, TTL: -time.Minute})
 	cfg, err := policies.Load("authz.yaml", []byte(fmt.Sprintf(serverConfig, idp.Issuer)))
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, m := range mods {
+		m(cfg)
 	}
 	if store == nil {
 		store = grants.NewEmbeddedStore()
@@ -267,6 +297,18 @@ func TestHTTPApprovalFlow(t *testing.T) {
 	if again := refusal(t, f.check(t, del), 403); again.ApprovalRequestID != r.ApprovalRequestID {
 		t.Errorf("a retry opened a second request %s (first %s)", again.ApprovalRequestID, r.ApprovalRequestID)
 	}
+	// The request is recorded before the refusal that names it, once.
+	ev := f.audit.all()
+	if len(ev) != 3 || ev[0].Kind != audit.KindGrantCreated || ev[1].Kind != audit.KindAuthzDecision || ev[2].Kind != audit.KindAuthzDecision {
+		t.Fatalf("audit %+v, want grant.requested then two decisions", ev)
+	}
+	if req := ev[0]; req.GrantID != r.ApprovalRequestID || req.Principal.Subject != "agent-1" || req.Target != "cluster-api" ||
+		req.Decision != "pending" || len(req.Classes) != 1 || req.Classes[0] != policies.ClassWrite || !strings.Contains(req.Reason, "DELETE") {
+		t.Errorf("grant.requested event %+v", req)
+	}
+	if ev[1].Decision != "approval_required" || ev[1].GrantID != r.ApprovalRequestID {
+		t.Errorf("decision event %+v", ev[1])
+	}
 	g, err := f.store.Get(context.Background(), r.ApprovalRequestID)
 	if err != nil {
 		t.Fatal(err)
@@ -300,6 +342,11 @@ func TestHTTPGrantStoreDown(t *testing.T) {
 	if r.Error != "unavailable" || !strings.Contains(r.Reason, "grant store") {
 		t.Errorf("store down: %+v", r)
 	}
+	ev := f.audit.all()
+	if len(ev) != 1 || ev[0].Kind != audit.KindAuthzDecision || ev[0].Decision != "deny" || ev[0].Principal.Subject != "agent-1" ||
+		ev[0].Target != "cluster-api" || !strings.Contains(ev[0].Reason, "grant store") || ev[0].Error == "" {
+		t.Errorf("audit %+v, want the refusal with the store's error", ev)
+	}
 }
 
 func TestNetworkChecks(t *testing.T) {
@@ -317,15 +364,39 @@ func TestNetworkChecks(t *testing.T) {
 	if resp := f.check(t, tcp("10.1.2.3", 15434)); resp.GetStatus().GetCode() != 0 {
 		t.Errorf("allowed source refused: %v", resp)
 	}
-	for name, req := range map[string]*authv3.CheckRequest{
-		"unknown port":       tcp("127.0.0.1", 1),
-		"disabled target":    tcp("127.0.0.1", 15433),
-		"source not allowed": tcp("192.168.1.1", 15434),
-		"no addresses":       {Attributes: &authv3.AttributeContext{}},
+	// An allowed connection is recorded by the Postgres session it
+	// reaches, not here.
+	if ev := f.audit.all(); len(ev) != 0 {
+		t.Errorf("allowed connections recorded %+v", ev)
+	}
+	for _, tc := range []struct {
+		name, target, source string
+		req                  *authv3.CheckRequest
+	}{
+		{"unknown port", "", "127.0.0.1:40000", tcp("127.0.0.1", 1)},
+		{"disabled target", "off-db", "127.0.0.1:40000", tcp("127.0.0.1", 15433)},
+		{"source not allowed", "lan-db", "192.168.1.1:40000", tcp("192.168.1.1", 15434)},
+		{"no addresses", "", "", &authv3.CheckRequest{Attributes: &authv3.AttributeContext{}}},
 	} {
-		resp := f.check(t, req)
+		before := len(f.audit.all())
+		resp := f.check(t, tc.req)
 		if resp.GetStatus().GetCode() != int32(codes.PermissionDenied) || resp.GetStatus().GetMessage() == "" {
-			t.Errorf("%s: %v, want PERMISSION_DENIED with a reason", name, resp)
+			t.Errorf("%s: %v, want PERMISSION_DENIED with a reason", tc.name, resp)
 		}
+		ev := f.audit.all()
+		if len(ev) != before+1 {
+			t.Errorf("%s: %d events recorded, want 1", tc.name, len(ev)-before)
+			continue
+		}
+		e := ev[before]
+		if e.Kind != audit.KindAuthzDecision || e.Decision != "deny" || e.Target != tc.target || e.Source != tc.source ||
+			e.Reason == "" || !strings.Contains(resp.GetStatus().GetMessage(), e.Reason) {
+			t.Errorf("%s: audit %+v for refusal %q", tc.name, e, resp.GetStatus().GetMessage())
+		}
+	}
+	// A refusal is still a refusal when its record fails.
+	f.audit.set(func(r *recorder) { r.fail = true })
+	if resp := f.check(t, tcp("127.0.0.1", 15433)); resp.GetStatus().GetCode() != int32(codes.PermissionDenied) {
+		t.Errorf("disabled target with the audit store down: %v", resp)
 	}
 }

@@ -49,8 +49,8 @@ type APIOptions struct {
 	// Config returns the current config: targets, approver groups and
 	// duration limits. It changes on hot reload.
 	Config func() *policies.Config
-	// Audit records every transition. A transition whose record fails
-	// is answered 503 (the store has changed; the record has not).
+	// Audit records every transition, before the store makes it. A
+	// transition whose record fails is not made, and is answered 503.
 	Audit audit.Sink
 	// Fingerprint takes a statement's fingerprint for one-statement
 	// grants. Without it, statement requests are refused.
@@ -68,8 +68,9 @@ type APIOptions struct {
 // Every caller is authenticated. Approve and deny need membership of
 // approvers.groups, and the store refuses a decision on one's own
 // request. Revoke is for approvers and the requester. Other callers see
-// only their own requests. Every successful transition is appended to the
-// audit sink before the response says it succeeded.
+// only their own requests. Every transition is appended to the audit sink
+// before the store makes it; one the store then refuses is recorded as not
+// applied.
 type API struct {
 	opts APIOptions
 	log  *slog.Logger
@@ -202,10 +203,10 @@ func isOwner(g Grant, p policies.Principal) bool {
 	return p.Subject == g.Requester.Subject || (g.Requester.OnBehalfOf != "" && p.Subject == g.Requester.OnBehalfOf)
 }
 
-// record appends the audit event for a transition of g by by (the zero
-// Principal for a request, which the requester makes). On failure the
-// store has already changed: the caller learns it, and so does the log.
-func (a *API) record(ctx context.Context, r *http.Request, kind audit.Kind, g Grant, by policies.Principal, note string) error {
+// event is the audit event for a transition of g by by (the zero
+// Principal for a request, which the requester makes), g being the grant
+// as the transition leaves it.
+func (a *API) event(ctx context.Context, r *http.Request, kind audit.Kind, g Grant, by policies.Principal, note string) audit.Event {
 	ev := audit.Event{
 		Time:      a.opts.Now().UTC(),
 		Kind:      kind,
@@ -224,11 +225,40 @@ func (a *API) record(ctx context.Context, r *http.Request, kind audit.Kind, g Gr
 	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
 		ev.TraceID = sc.TraceID().String()
 	}
+	return ev
+}
+
+// recordFirst appends the event of a transition that has not happened
+// yet. Audit first: once a grant is approved, a statement waiting for it
+// is woken at once (Redis pub/sub) and runs, and once a request exists the
+// approvers are told; neither can be rolled back after a failed append. So
+// a transition whose record fails is not made, and the caller is told so.
+func (a *API) recordFirst(ctx context.Context, ev audit.Event, what string) error {
 	if err := a.opts.Audit.Append(ctx, ev); err != nil {
-		a.log.Error("AUDIT RECORD FAILED for a grant transition that took effect",
-			"kind", string(kind), "grant_id", g.ID, "target", g.Target, "subject", g.Requester.Subject, "actor", ev.Actor, "err", err)
+		a.log.Error("AUDIT RECORD FAILED; the grant transition was not made",
+			"kind", string(ev.Kind), "grant_id", ev.GrantID, "target", ev.Target, "subject", ev.Principal.Subject, "actor", ev.Actor, "err", err)
 		return errorf(http.StatusServiceUnavailable, CodeAuditFailed,
-			"grant %s is now %s in the grant store, but its audit record could not be written (%v); tell an operator", g.ID, g.State, err)
+			"%s: its audit record could not be written (%v); nothing changed, try again", what, err)
 	}
 	return nil
+}
+
+// unappliedRecordTimeout bounds the best-effort record of a transition
+// the store refused after its event was appended.
+const unappliedRecordTimeout = 5 * time.Second
+
+// recordUnapplied notes, best effort, that the transition ev recorded did
+// not take effect (err says why), so the trail does not claim a change
+// that never happened. Failing to record it changes nothing in the store,
+// so it is logged, not returned.
+func (a *API) recordUnapplied(ctx context.Context, ev audit.Event, err error) {
+	ev.Time = a.opts.Now().UTC()
+	ev.Decision = ""
+	ev.Error = "not applied: " + err.Error()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unappliedRecordTimeout)
+	defer cancel()
+	if aerr := a.opts.Audit.Append(ctx, ev); aerr != nil {
+		a.log.Error("AUDIT RECORD FAILED for a grant transition that was recorded but not made",
+			"kind", string(ev.Kind), "grant_id", ev.GrantID, "err", aerr, "transition_err", err)
+	}
 }

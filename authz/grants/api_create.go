@@ -42,15 +42,22 @@ func (a *API) create(w http.ResponseWriter, r *http.Request, caller policies.Pri
 	if err != nil {
 		return err
 	}
+	// The request is recorded before it exists: once created, approvers
+	// are told of it (the webhook) and may approve it at once.
+	in.ID = NewID()
+	planned := in
+	planned.State = StatePending
+	ev := a.event(r.Context(), r, audit.KindGrantCreated, planned, policies.Principal{}, in.Reason)
+	if err := a.recordFirst(r.Context(), ev, "the grant request was not opened"); err != nil {
+		return err
+	}
 	g, err := a.opts.Store.Create(r.Context(), in)
 	if err != nil {
+		a.recordUnapplied(r.Context(), ev, err)
 		return err
 	}
 	a.log.Info("grant requested", "grant_id", g.ID, "target", g.Target, "subject", g.Requester.Subject,
 		"on_behalf_of", g.Requester.OnBehalfOf, "classes", g.Classes, "fingerprint", g.Fingerprint, "duration", g.Duration)
-	if err := a.record(r.Context(), r, audit.KindGrantCreated, g, policies.Principal{}, g.Reason); err != nil {
-		return err
-	}
 	w.Header().Set("Location", "/v1/grants/"+g.ID)
 	writeJSON(w, http.StatusCreated, g)
 	return nil

@@ -271,16 +271,29 @@ type recordingSink struct {
 	mu     sync.Mutex
 	events []audit.Event
 	fail   error
+	after  func(audit.Event)
 }
 
 func (s *recordingSink) Append(_ context.Context, e audit.Event) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.fail != nil {
+		s.mu.Unlock()
 		return s.fail
 	}
 	s.events = append(s.events, e)
+	after := s.after
+	s.mu.Unlock()
+	if after != nil {
+		after(e)
+	}
 	return nil
+}
+
+// onAppend runs f after each recorded event, outside the sink's lock.
+func (s *recordingSink) onAppend(f func(audit.Event)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.after = f
 }
 
 func (s *recordingSink) setFail(err error) {

@@ -34,6 +34,7 @@ func TestAPI(t *testing.T) {
 		{"BadInputChangesNothing", testBadInput},
 		{"Unauthenticated", testUnauthenticated},
 		{"AuditFailure", testAuditFailure},
+		{"TransitionRefusedAfterRecord", testTransitionRefusedAfterRecord},
 		{"WebhookPerPendingRequest", testWebhookPerRequest},
 	}
 	for name, open := range stores(t) {
@@ -278,28 +279,77 @@ func testVisibility(t *testing.T, h *harness) {
 	h.wantError(status, b, http.StatusNotFound, grants.CodeNotFound)
 }
 
+// testAuditFailure: a transition whose audit record fails is not made
+// (audit first), and the answer says so.
 func testAuditFailure(t *testing.T, h *harness) {
 	h.sink.setFail(errors.New("audit disk full"))
 	status, b := h.call("agent-1", "POST", "/v1/grants", `{"target":"orders-db","classes":["write"],"duration":"30m","reason":"r"}`)
 	e := h.wantError(status, b, http.StatusServiceUnavailable, grants.CodeAuditFailed)
-	if !strings.Contains(e.Reason, "pending") || !strings.Contains(e.Reason, "audit disk full") {
-		t.Errorf("reason %q does not say what changed and what failed", e.Reason)
+	if !strings.Contains(e.Reason, "not opened") || !strings.Contains(e.Reason, "audit disk full") {
+		t.Errorf("reason %q does not say what failed and that nothing changed", e.Reason)
 	}
-	// The store did change: that is what the 503 says.
-	list, err := h.inner.List(context.Background(), grants.Filter{})
-	if err != nil || len(list) != 1 {
-		t.Fatalf("store holds %v, %v", list, err)
+	if list, err := h.inner.List(context.Background(), grants.Filter{}); err != nil || len(list) != 0 {
+		t.Fatalf("store holds %v, %v: an unaudited request was opened", list, err)
 	}
-	id := list[0].ID
-	if !strings.Contains(e.Reason, id) {
-		t.Errorf("reason %q does not name grant %s", e.Reason, id)
+	h.hook.none(t) // approvers are not told of a request that does not exist
+
+	// Approve and deny: the request stays pending.
+	h.sink.setFail(nil)
+	g := h.request("agent-1")
+	h.sink.setFail(errors.New("audit disk full"))
+	for _, op := range []string{"approve", "deny"} {
+		status, b = h.call("bob", "POST", "/v1/grants/"+g.ID+"/"+op, "")
+		e = h.wantError(status, b, http.StatusServiceUnavailable, grants.CodeAuditFailed)
+		if !strings.Contains(e.Reason, g.ID) || !strings.Contains(e.Reason, "audit disk full") {
+			t.Errorf("%s: reason %q does not name the grant and the failure", op, e.Reason)
+		}
+		if st := h.stateOf(g.ID); st != grants.StatePending {
+			t.Fatalf("%s: state %s after a failed audit record, want pending", op, st)
+		}
 	}
-	status, b = h.call("bob", "POST", "/v1/grants/"+id+"/approve", "")
-	e = h.wantError(status, b, http.StatusServiceUnavailable, grants.CodeAuditFailed)
-	if !strings.Contains(e.Reason, "approved") {
-		t.Errorf("reason %q", e.Reason)
+	active, err := h.store.Active(context.Background(), policies.Principal{Issuer: h.idp.Issuer, Subject: "agent-1"}, "orders-db", h.clk.Now())
+	if err != nil || len(active) != 0 {
+		t.Errorf("Active = %v, %v; want no grant", active, err)
 	}
-	if st := h.stateOf(id); st != grants.StateApproved {
+
+	// Revoke: the grant stays approved.
+	h.sink.setFail(nil)
+	h.grant("bob", "POST", "/v1/grants/"+g.ID+"/approve", "", http.StatusOK)
+	h.sink.setFail(errors.New("audit disk full"))
+	status, b = h.call("agent-1", "POST", "/v1/grants/"+g.ID+"/revoke", "")
+	h.wantError(status, b, http.StatusServiceUnavailable, grants.CodeAuditFailed)
+	if st := h.stateOf(g.ID); st != grants.StateApproved {
+		t.Errorf("state %s after a failed revoke record, want approved", st)
+	}
+	h.sink.setFail(nil)
+	if got, want := h.sink.kinds(), []audit.Kind{audit.KindGrantCreated, audit.KindGrantApproved}; !slices.Equal(got, want) {
+		t.Errorf("audit %v, want %v", got, want)
+	}
+}
+
+// testTransitionRefusedAfterRecord: when the store refuses a transition
+// whose event is already appended (someone else decided first), the trail
+// says it was not applied.
+func testTransitionRefusedAfterRecord(t *testing.T, h *harness) {
+	g := h.request("agent-1")
+	h.sink.onAppend(func(e audit.Event) {
+		if e.Kind == audit.KindGrantApproved && e.Error == "" {
+			// A concurrent deny lands between the record and the approval.
+			if _, err := h.inner.Deny(context.Background(), g.ID, policies.Principal{Issuer: h.idp.Issuer, Subject: "carol"}, "", h.clk.Now()); err != nil {
+				t.Errorf("concurrent deny: %v", err)
+			}
+		}
+	})
+	status, b := h.call("bob", "POST", "/v1/grants/"+g.ID+"/approve", "")
+	if e := h.wantError(status, b, http.StatusConflict, grants.CodeNotPending); e.State != "denied" {
+		t.Errorf("conflict state %q, want denied", e.State)
+	}
+	ev := h.sink.Events()
+	if len(ev) != 3 || ev[1].Kind != audit.KindGrantApproved || ev[1].Decision != "approved" ||
+		ev[2].Kind != audit.KindGrantApproved || ev[2].GrantID != g.ID || !strings.Contains(ev[2].Error, "not applied") {
+		t.Errorf("audit %+v, want the approval and then that it was not applied", ev)
+	}
+	if st := h.stateOf(g.ID); st != grants.StateDenied {
 		t.Errorf("state %s", st)
 	}
 }

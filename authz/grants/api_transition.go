@@ -2,10 +2,12 @@ package grants
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/audit"
 	"github.com/sluicehq/sluice/policies"
@@ -92,23 +94,51 @@ func (a *API) decide(to State) handlerFunc {
 			return errorf(http.StatusForbidden, CodeForbidden, "only members of %s may %s grants, and %s is not one",
 				strings.Join(cfg.Approvers.Groups, " or "), verb(to), caller.Subject)
 		}
-		var g Grant
-		if to == StateApproved {
-			g, err = a.opts.Store.Approve(r.Context(), id, caller, note, a.opts.Now())
-		} else {
-			g, err = a.opts.Store.Deny(r.Context(), id, caller, note, a.opts.Now())
-		}
+		g, err := a.opts.Store.Get(r.Context(), id)
 		if err != nil {
-			return a.transitionError(r.Context(), id, err)
+			return err
+		}
+		store := a.opts.Store.Deny
+		if to == StateApproved {
+			store = a.opts.Store.Approve
+		}
+		g, err = a.transition(r, g, to, kind, caller, note, store)
+		if err != nil {
+			return err
 		}
 		a.log.Info("grant "+to.String(), "grant_id", g.ID, "target", g.Target, "subject", g.Requester.Subject,
 			"by", caller.Subject, "expires_at", g.ExpiresAt)
-		if err := a.record(r.Context(), r, kind, g, caller, note); err != nil {
-			return err
-		}
 		writeJSON(w, http.StatusOK, g)
 		return nil
 	}
+}
+
+// transition moves g into to, audit first: it works out the transition
+// (the same apply the store runs), appends its event, and only then asks
+// the store to make it, at the same instant. If the append fails nothing
+// changes; if the store then refuses (the grant changed meanwhile, or the
+// store is down) the event is followed by one saying it was not applied.
+func (a *API) transition(r *http.Request, g Grant, to State, kind audit.Kind, caller policies.Principal, note string,
+	store func(ctx context.Context, id string, by policies.Principal, note string, now time.Time) (Grant, error),
+) (Grant, error) {
+	ctx := r.Context()
+	now := a.opts.Now()
+	next, _, err := apply(g, to, caller, note, now)
+	if err != nil {
+		// Refused as it stands (self-approval, not pending, expired): the
+		// store is not asked, so nothing can change unrecorded.
+		return Grant{}, a.transitionError(ctx, g.ID, err)
+	}
+	ev := a.event(ctx, r, kind, next, caller, note)
+	if err := a.recordFirst(ctx, ev, fmt.Sprintf("grant %s was not %s", g.ID, to)); err != nil {
+		return Grant{}, err
+	}
+	out, err := store(ctx, g.ID, caller, note, now)
+	if err != nil {
+		a.recordUnapplied(ctx, ev, err)
+		return Grant{}, a.transitionError(ctx, g.ID, err)
+	}
+	return out, nil
 }
 
 // revoke ends an approved grant: approvers, and the requester (or the
@@ -126,14 +156,11 @@ func (a *API) revoke(w http.ResponseWriter, r *http.Request, caller policies.Pri
 	if !isApprover(a.opts.Config(), caller) && !isOwner(g, caller) {
 		return errorf(http.StatusForbidden, CodeForbidden, "only approvers and the requester may revoke grant %s", id)
 	}
-	g, err = a.opts.Store.Revoke(r.Context(), id, caller, note, a.opts.Now())
+	g, err = a.transition(r, g, StateRevoked, audit.KindGrantRevoked, caller, note, a.opts.Store.Revoke)
 	if err != nil {
-		return a.transitionError(r.Context(), id, err)
-	}
-	a.log.Info("grant revoked", "grant_id", g.ID, "target", g.Target, "subject", g.Requester.Subject, "by", caller.Subject)
-	if err := a.record(r.Context(), r, audit.KindGrantRevoked, g, caller, note); err != nil {
 		return err
 	}
+	a.log.Info("grant revoked", "grant_id", g.ID, "target", g.Target, "subject", g.Requester.Subject, "by", caller.Subject)
 	writeJSON(w, http.StatusOK, g)
 	return nil
 }

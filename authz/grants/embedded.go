@@ -60,6 +60,9 @@ func (s *EmbeddedStore) Create(ctx context.Context, in Grant) (Grant, error) {
 	if now.Sub(s.lastPrune) >= pruneEvery {
 		s.prune(now)
 	}
+	if _, ok := s.grants[g.ID]; ok {
+		return Grant{}, fmt.Errorf("%w: grant %s already exists", ErrInvalid, g.ID)
+	}
 	stored := g.clone()
 	s.grants[g.ID] = &stored
 	s.byAge = append(s.byAge, g.ID)

@@ -166,9 +166,25 @@ func (cs *Classes) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// newID returns "gr_" and 20 base32 characters: 100 random bits.
-func newID() string {
+// NewID returns a new grant ID: "gr_" and 20 base32 characters, 100
+// random bits. A caller that must record a request before it exists (the
+// audit trail comes first) chooses the ID with it and passes it to Create.
+func NewID() string {
 	return "gr_" + strings.ToLower(rand.Text()[:20])
+}
+
+// validID reports whether id has NewID's form.
+func validID(id string) bool {
+	const prefix, n = "gr_", 20
+	if len(id) != len(prefix)+n || !strings.HasPrefix(id, prefix) {
+		return false
+	}
+	for _, c := range id[len(prefix):] {
+		if (c < 'a' || c > 'z') && (c < '2' || c > '7') {
+			return false
+		}
+	}
+	return true
 }
 
 // ms drops what Redis scores cannot carry: the monotonic reading, the

@@ -108,18 +108,33 @@ func (s *RedisStore) Create(ctx context.Context, in Grant) (Grant, error) {
 		return Grant{}, err
 	}
 	dead := "(" + msArg(now.Add(-s.cfg.horizon()))
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		k := s.grantKey(g.ID)
-		p.HSet(ctx, k, "state", g.State.String(), "json", b)
-		p.PExpire(ctx, k, s.cfg.keepFor(g, now))
-		for _, idx := range []string{s.allKey(), s.targetKey(g.Target), s.subjectKey(g.Requester.Subject)} {
-			p.ZAdd(ctx, idx, redis.Z{Score: float64(g.CreatedAt.UnixMilli()), Member: g.ID})
-			p.ZRemRangeByScore(ctx, idx, "-inf", dead)
-			p.PExpire(ctx, idx, s.cfg.horizon())
+	k := s.grantKey(g.ID)
+	// The caller may have chosen the ID (NewID): WATCH makes sure it
+	// overwrites nothing, even a grant created meanwhile.
+	err = s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		n, err := tx.Exists(ctx, k).Result()
+		if err != nil {
+			return err
 		}
-		p.Publish(ctx, s.channel(), ev)
-		return nil
-	})
+		if n > 0 {
+			return fmt.Errorf("%w: grant %s already exists", ErrInvalid, g.ID)
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, k, "state", g.State.String(), "json", b)
+			p.PExpire(ctx, k, s.cfg.keepFor(g, now))
+			for _, idx := range []string{s.allKey(), s.targetKey(g.Target), s.subjectKey(g.Requester.Subject)} {
+				p.ZAdd(ctx, idx, redis.Z{Score: float64(g.CreatedAt.UnixMilli()), Member: g.ID})
+				p.ZRemRangeByScore(ctx, idx, "-inf", dead)
+				p.PExpire(ctx, idx, s.cfg.horizon())
+			}
+			p.Publish(ctx, s.channel(), ev)
+			return nil
+		})
+		return err
+	}, k)
+	if errors.Is(err, ErrInvalid) {
+		return Grant{}, err
+	}
 	if err != nil {
 		return Grant{}, fmt.Errorf("create grant: %w", err)
 	}

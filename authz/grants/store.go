@@ -16,10 +16,12 @@ import (
 // value. A store that cannot reach its backend returns an error, and the
 // caller fails closed.
 type Store interface {
-	// Create records a pending request. The store sets ID, State,
-	// CreatedAt and PendingExpiresAt; the request names Requester,
-	// Target, Classes or Statement and Fingerprint, Duration and Reason.
-	// Bad input is an ErrInvalid and stores nothing.
+	// Create records a pending request. The store sets State, CreatedAt
+	// and PendingExpiresAt, and ID unless the request names one (from
+	// NewID: the API records a request in the audit trail before it
+	// exists, so it chooses the ID); the request names Requester, Target,
+	// Classes or Statement and Fingerprint, Duration and Reason. Bad
+	// input, or an ID already in use, is an ErrInvalid and stores nothing.
 	Create(ctx context.Context, g Grant) (Grant, error)
 	// Get returns a grant with its state as of now (StateAt).
 	Get(ctx context.Context, id string) (Grant, error)

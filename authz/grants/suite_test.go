@@ -58,6 +58,7 @@ func runStoreSuite(t *testing.T, newStore newStoreFunc) {
 	}{
 		{"CreateGet", testCreateGet},
 		{"CreateInvalid", testCreateInvalid},
+		{"CreateWithID", testCreateWithID},
 		{"List", testList},
 		{"ApproveActive", testApproveActive},
 		{"FingerprintGrant", testFingerprintGrant},
@@ -117,6 +118,37 @@ func testCreateGet(t *testing.T, s Store, clk *fakeClock) {
 	}
 	if g2 := mustCreate(t, s, classReq(agent, "orders-db", policies.ClassWrite)); g2.ID == g.ID {
 		t.Errorf("two grants share ID %s", g.ID)
+	}
+}
+
+// testCreateWithID: a caller that records a request before it exists
+// chooses its ID; a reused or malformed ID stores nothing.
+func testCreateWithID(t *testing.T, s Store, _ *fakeClock) {
+	in := classReq(agent, "orders-db", policies.ClassWrite)
+	in.ID = NewID()
+	if !idRegexp.MatchString(in.ID) {
+		t.Fatalf("NewID = %q", in.ID)
+	}
+	g := mustCreate(t, s, in)
+	if g.ID != in.ID {
+		t.Fatalf("created %s, want the chosen ID %s", g.ID, in.ID)
+	}
+	if _, err := s.Approve(t.Context(), g.ID, bob, "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	again := classReq(agent2, "orders-db", policies.ClassRead)
+	again.ID = g.ID
+	_, err := s.Create(t.Context(), again)
+	wantErr(t, err, ErrInvalid)
+	if got, err := s.Get(t.Context(), g.ID); err != nil || got.State != StateApproved || got.Requester.Subject != agent.Subject {
+		t.Errorf("after a Create reusing its ID: %+v, %v; want the approved grant untouched", got, err)
+	}
+	bad := classReq(agent, "orders-db", policies.ClassWrite)
+	bad.ID = "gr_../../x"
+	_, err = s.Create(t.Context(), bad)
+	wantErr(t, err, ErrInvalid)
+	if list, _ := s.List(t.Context(), Filter{}); len(list) != 1 {
+		t.Errorf("store holds %d grants, want 1", len(list))
 	}
 }
 

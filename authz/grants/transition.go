@@ -24,7 +24,8 @@ var (
 	ErrInvalid = errors.New("invalid grant")
 )
 
-// newGrant validates a request and makes it a pending grant at now. The
+// newGrant validates a request and makes it a pending grant at now, with
+// the ID the request names (from NewID) or a new one. The
 // transitions below and this are the whole lifecycle; the stores only
 // persist what they return.
 func (c *config) newGrant(in Grant, now time.Time) (Grant, error) {
@@ -32,8 +33,12 @@ func (c *config) newGrant(in Grant, now time.Time) (Grant, error) {
 		return Grant{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	now = ms(now)
+	id := in.ID
+	if id == "" {
+		id = NewID()
+	}
 	g := Grant{
-		ID:               newID(),
+		ID:               id,
 		Requester:        in.Requester,
 		Target:           in.Target,
 		Classes:          in.Classes,
@@ -50,6 +55,8 @@ func (c *config) newGrant(in Grant, now time.Time) (Grant, error) {
 
 func (c *config) validate(g Grant) error {
 	switch {
+	case g.ID != "" && !validID(g.ID):
+		return fmt.Errorf("id %q is not a grant id (make one with NewID)", g.ID)
 	case g.Requester.Issuer == "" || g.Requester.Subject == "":
 		return errors.New("requester needs an issuer and a subject")
 	case g.Target == "":

@@ -200,7 +200,7 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 	// gates every statement by policy, auditing it before it runs.
 	s.netproc, err = extproc.NewNetworkServer(extproc.NetworkOptions{
 		Config: cfg, Verifier: s.authz, Audit: sink, Logger: log.With("component", "extproc"),
-		Gate: &extproc.PolicyGate{Analyzer: analyzer, Config: s.config, Grants: authz.GrantsFrom(cached), Audit: sink, Now: time.Now,
+		Gate: &extproc.PolicyGate{Analyzer: analyzer, Config: s.config, Grants: authz.AuditedGrants(cached, sink), Audit: sink, Now: time.Now,
 			// Column rules hold through views: sluice reads each target's
 			// views from the target itself.
 			Views: &extproc.ViewCatalog{Config: s.config, Log: log.With("component", "view-catalog")}},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -43,9 +44,19 @@ type PolicyGate struct {
 var _ postgres.Gate = (*PolicyGate)(nil)
 
 // Decide implements postgres.Gate.
+//
+// Everything Decide waits for (the grant store, the audit store) shares
+// one deadline below Envoy's ext_proc message timeout (auditBudget), so
+// that a store that hangs makes sluice refuse in words before Envoy gives
+// up on the chunk and drops the connection. A statement held for approval
+// gets a fresh deadline once its wait is over.
 func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres.Verdict {
 	cfg := g.Config()
 	now := g.Now()
+	budget := auditBudget(cfg)
+	waitCtx := ctx
+	ctx, cancel := context.WithTimeoutCause(ctx, budget, errBudget(budget))
+	defer cancel()
 	req := policies.Request{Principal: st.Principal, Target: st.Target}
 	ev := audit.Event{Time: now, Kind: audit.KindStatement, SessionID: st.SessionID, Principal: st.Principal,
 		Target: st.Target, Request: st.SQL}
@@ -73,7 +84,7 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 
 	active, err := g.Grants.Active(ctx, st.Principal, st.Target, now)
 	if err != nil {
-		return g.refuse(ctx, ev, "sluice: the grant store is unavailable; try again", "", "")
+		return transient(g.refuse(ctx, ev, "sluice: the grant store is unavailable; try again", "", ""))
 	}
 	// The fingerprint is a second parse inside pg_query; it is needed only
 	// when a one-statement grant could match or an approval is requested.
@@ -94,11 +105,16 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 		}
 		id, err := g.Grants.RequestApproval(ctx, ar)
 		if err != nil {
-			return g.refuse(ctx, ev, "sluice: the grant store is unavailable; try again", "", "")
+			msg := "sluice: the grant store is unavailable; try again"
+			if errors.Is(err, authz.ErrAuditUnavailable) {
+				msg = "sluice: the audit store is unavailable, so no approval request was opened; try again"
+			}
+			return transient(g.refuse(ctx, ev, msg, "", ""))
 		}
 		ev.GrantID = id
 		if d.Wait > 0 {
-			return g.hold(ctx, cfg, req, statement, analysis, ev, id, d, st.Protocol != postgres.ProtocolExtended)
+			cancel() // the wait has its own bound: Envoy's timeout covers it
+			return g.hold(waitCtx, cfg, req, statement, analysis, ev, id, d, st.Protocol != postgres.ProtocolExtended)
 		}
 		return g.refuse(ctx, ev, "sluice: "+d.Reason,
 			"Approval request "+id+" is open.",
@@ -108,10 +124,18 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 }
 
 // allow records an allowed statement, durably, and lets it run with the
-// plan for its rows.
+// plan for its rows; a statement whose record fails or does not come in
+// time (ctx's deadline) is refused with SQLSTATE 57P03 and never reaches
+// the server.
 //
-// A Parse prepares and runs nothing (runs is false): its allow is not
-// recorded; each Execute of it is decided and recorded as it runs.
+// A Parse (runs is false) runs nothing, but it hands the server the
+// statement's text, which the server parses, and plans (folding IMMUTABLE
+// functions) at the Bind that follows without another decision. So its
+// allow is recorded like a statement's, before the Parse is forwarded;
+// the record's reason says it was a Parse. Each Execute of it is decided
+// and recorded again as it runs, with the plan for its rows. (Holding the
+// Parse back until the Execute would save the record but break the
+// Describe and ParseComplete the client waits for in between.)
 func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies.Decision, analysis *sql.Analysis, ev audit.Event, runs bool) postgres.Verdict {
 	ev.Decision, ev.Reason, ev.GrantID = d.Outcome.String(), d.Reason, d.GrantID
 	plan, err := g.plan(cfg, d)
@@ -121,6 +145,11 @@ func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies
 	}
 	v := postgres.Allow()
 	if !runs {
+		ev.RequestID = newRequestID()
+		ev.Reason = strings.TrimPrefix(ev.Reason+"; ", "; ") + parseNote
+		if err := g.Audit.Append(ctx, ev); err != nil {
+			return auditRefusal(ctx)
+		}
 		return v // the plan that applies is the Execute's
 	}
 	if plan != nil {
@@ -135,7 +164,7 @@ func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies
 	}
 	ev.RequestID = newRequestID()
 	if err := g.Audit.Append(ctx, ev); err != nil {
-		return postgres.Deny("sluice: the audit store is unavailable; nothing runs unaudited", "", "")
+		return auditRefusal(ctx)
 	}
 	if plan != nil {
 		v.Results = plan.ResultPlan
@@ -147,6 +176,65 @@ func (g *PolicyGate) allow(ctx context.Context, cfg *policies.Config, d policies
 		g.recordOutcome(ev, analysis, o)
 	}
 	return v
+}
+
+// parseNote marks the record of an allowed Parse: prepared, not run.
+const parseNote = "parse: prepared, not run (each run is recorded as it runs)"
+
+// auditRefusal is the verdict for a statement whose record failed: nothing
+// was forwarded, and the condition is sluice's and transient (57P03, as at
+// login). The store's own error stays in sluice's log side, not the
+// agent's: it may name files or hosts.
+func auditRefusal(ctx context.Context) postgres.Verdict {
+	detail := "sluice records every statement before the target sees it, and could not record this one."
+	var be errBudget
+	if errors.As(context.Cause(ctx), &be) && ctx.Err() != nil {
+		detail = fmt.Sprintf("sluice records every statement before the target sees it, and the audit store did not answer within %s.", time.Duration(be))
+	}
+	return postgres.AuditUnavailable("sluice: the audit store is unavailable; the statement was not forwarded", detail,
+		"Nothing ran. Try again later.")
+}
+
+// transient marks a refusal that is sluice's condition, not a policy's
+// (the grant store did not answer): SQLSTATE 57P03, like an audit
+// refusal, so the agent knows to try again rather than ask for access.
+func transient(v postgres.Verdict) postgres.Verdict {
+	v.SQLState = postgres.SQLStateAuditUnavailable
+	return v
+}
+
+// auditBudget bounds what a gate waits for while answering one ext_proc
+// message: three quarters of Envoy's message timeout
+// (envoy.extproc_message_timeout, which xds gives both ext_proc filters,
+// the network one adding the longest policy wait), leaving the rest for
+// the chunk's way to sluice and the answer's way back. A store that has
+// not answered by then gets the statement (or login) refused in sluice's
+// words; past Envoy's timeout the agent would only see the connection
+// drop.
+func auditBudget(cfg *policies.Config) time.Duration {
+	t := policies.DefaultExtProcMessageTimeout
+	if cfg != nil && cfg.Envoy.ExtProcMessageTimeout > 0 {
+		t = cfg.Envoy.ExtProcMessageTimeout
+	}
+	return t * 3 / 4
+}
+
+// errBudget is the cause of a gate's context when its budget ran out.
+type errBudget time.Duration
+
+func (e errBudget) Error() string {
+	return fmt.Sprintf("no answer within %s, sluice's share of Envoy's ext_proc message timeout", time.Duration(e))
+}
+
+// budgeted returns a context bounded by the gate's budget, detached from
+// parent's cancellation when detach is set (a record that must be made
+// after the connection ended).
+func budgeted(parent context.Context, cfg *policies.Config, detach bool) (context.Context, context.CancelFunc) {
+	if detach {
+		parent = context.WithoutCancel(parent)
+	}
+	b := auditBudget(cfg)
+	return context.WithTimeoutCause(parent, b, errBudget(b))
 }
 
 // holdPoll is how often a held statement looks for its approval. The
@@ -165,35 +253,58 @@ func (g *PolicyGate) hold(ctx context.Context, cfg *policies.Config, req policie
 	tick := time.NewTicker(holdPoll)
 	defer tick.Stop()
 	states, _ := g.Grants.(authz.GrantStates)
+	// Each ending gets a fresh budget for its record: the wait spent the
+	// old one, and Envoy's timeout for the message covers the wait plus
+	// one message timeout. A connection that ended meanwhile has cancelled
+	// ctx, but its refusal is still recorded, detached from it.
 	for {
 		select {
 		case <-ctx.Done():
-			return g.refuse(ctx, ev, "sluice: the connection ended while the statement waited for approval", "Approval request "+id+" is open.", "")
+			rctx, cancel := budgeted(ctx, cfg, true)
+			defer cancel()
+			ev.Reason = fmt.Sprintf("%s; the connection ended while the statement waited for approval", d.Reason)
+			return g.refuse(rctx, ev, "sluice: the connection ended while the statement waited for approval", "Approval request "+id+" is open.", "")
 		case <-timer.C:
+			rctx, cancel := budgeted(ctx, cfg, false)
+			defer cancel()
 			ev.Reason = fmt.Sprintf("%s; not approved within %s", d.Reason, d.Wait)
-			return g.refuse(ctx, ev, "sluice: "+ev.Reason, "Approval request "+id+" is still open.",
+			return g.refuse(rctx, ev, "sluice: "+ev.Reason, "Approval request "+id+" is still open.",
 				fmt.Sprintf("Ask someone in %s to run: sluice grants approve %s, then run the statement again", strings.Join(cfg.Approvers.Groups, " or "), id))
 		case <-tick.C:
 		}
-		now := g.Now()
-		active, err := g.Grants.Active(ctx, req.Principal, req.Target, now)
-		if err == nil {
-			if statement != nil && slices.ContainsFunc(active, func(gr policies.Grant) bool { return gr.Fingerprint != "" }) {
-				req.Fingerprint = statement.Fingerprint()
-			}
-			if again := cfg.Decide(req, active); again.Outcome == policies.Allow {
-				ev.Time = now
-				return g.allow(ctx, cfg, again, analysis, ev, runs)
-			}
-		}
-		if states == nil {
-			continue
-		}
-		if st, err := states.State(ctx, id); err == nil && st != grants.StatePending && st != grants.StateApproved {
-			ev.Reason = fmt.Sprintf("%s; approval request %s was %s", d.Reason, id, st)
-			return g.refuse(ctx, ev, "sluice: "+ev.Reason, "", "")
+		if v, done := g.holdCheck(ctx, cfg, req, statement, analysis, ev, id, d, runs, states); done {
+			return v
 		}
 	}
+}
+
+// holdCheck looks once whether a held statement's request was decided:
+// approved (the statement is decided again and, allowed, recorded and
+// run), or denied, revoked or expired (refused). Its look-ups and records
+// share one budget.
+func (g *PolicyGate) holdCheck(ctx context.Context, cfg *policies.Config, req policies.Request, statement *sql.Statement,
+	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision, runs bool, states authz.GrantStates) (postgres.Verdict, bool) {
+	ctx, cancel := budgeted(ctx, cfg, false)
+	defer cancel()
+	now := g.Now()
+	active, err := g.Grants.Active(ctx, req.Principal, req.Target, now)
+	if err == nil {
+		if statement != nil && slices.ContainsFunc(active, func(gr policies.Grant) bool { return gr.Fingerprint != "" }) {
+			req.Fingerprint = statement.Fingerprint()
+		}
+		if again := cfg.Decide(req, active); again.Outcome == policies.Allow {
+			ev.Time = now
+			return g.allow(ctx, cfg, again, analysis, ev, runs), true
+		}
+	}
+	if states == nil {
+		return postgres.Verdict{}, false
+	}
+	if st, err := states.State(ctx, id); err == nil && st != grants.StatePending && st != grants.StateApproved {
+		ev.Reason = fmt.Sprintf("%s; approval request %s was %s", d.Reason, id, st)
+		return g.refuse(ctx, ev, "sluice: "+ev.Reason, "", ""), true
+	}
+	return postgres.Verdict{}, false
 }
 
 // refuse records the refusal (best effort: a refused statement runs
@@ -297,6 +408,11 @@ func (g *PolicyGate) compiled(cfg *policies.Config, names []string) (*mask.Rules
 // server answered, so it waits for nothing: the statement's own event,
 // durable before it ran, is the record that gates; a store that fails
 // this one loses only these details.
+//
+// A run the session ended before it was answered (o.Unfinished) is
+// recorded at once, not in the background: the connection's end is
+// recorded after it, and the trail must not show the session over with a
+// statement's rows still unaccounted for.
 func (g *PolicyGate) recordOutcome(ev audit.Event, a *sql.Analysis, o postgres.Outcome) {
 	ev.Kind = audit.KindStatementResult
 	ev.Time = g.Now()
@@ -304,14 +420,22 @@ func (g *PolicyGate) recordOutcome(ev audit.Event, a *sql.Analysis, o postgres.O
 	if o.Truncated {
 		ev.Error = "result cut short by max_rows or max_bytes"
 	}
-	go func() {
+	if o.Unfinished != "" {
+		ev.Error = strings.TrimPrefix(ev.Error+"; ", "; ") + "incomplete: the session ended before the result did (" + o.Unfinished + "); rows and bytes are what reached the client"
+	}
+	record := func() {
 		if a != nil && len(a.Statements) == 1 {
 			ev.Fingerprint = a.Statements[0].Fingerprint()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), resultRecordTimeout)
 		defer cancel()
 		_ = g.Audit.Append(ctx, ev)
-	}()
+	}
+	if o.Unfinished != "" {
+		record()
+		return
+	}
+	go record()
 }
 
 // resultRecordTimeout bounds how long a result's record may wait for the

@@ -34,6 +34,10 @@ type connection struct {
 	key       *postgres.BackendKey
 	endReason string
 	started   bool
+	// unrecorded is set when the session's start could not be recorded:
+	// the login is then refused at the password, where a write slot
+	// exists to say so, and nothing else passes.
+	unrecorded bool
 }
 
 // handle answers one request. It returns nil only for a request that
@@ -65,6 +69,12 @@ func (c *connection) handle(ctx context.Context, req *netextprocv3.ProcessingReq
 	if rd != nil {
 		r := c.sess.FromClient(ctx, rd.GetData(), rd.GetEndOfStream())
 		c.note(r)
+		if c.unrecorded && c.sess.Phase() == "cancel" {
+			// A CancelRequest has no login to refuse and no slot to
+			// answer in: unrecorded, it goes nowhere.
+			c.refused, c.endReason = true, "audit: session start not recorded; cancel request dropped"
+			return closeResponse()
+		}
 		return readResponse(r)
 	}
 	r := c.sess.FromServer(ctx, wd.GetData(), wd.GetEndOfStream())
@@ -101,10 +111,20 @@ func (c *connection) start(ctx context.Context, req *netextprocv3.ProcessingRequ
 	if t.Disabled {
 		return fmt.Sprintf("target %s is disabled", c.target)
 	}
-	if err := c.srv.opts.Audit.Append(ctx, sessionStartEvent(c.srv.opts.Now(), c.id, c.target, c.source)); err != nil {
-		return "audit: session start not recorded: " + err.Error()
+	actx, cancel := budgeted(ctx, cfg, false)
+	err := c.srv.opts.Audit.Append(actx, sessionStartEvent(c.srv.opts.Now(), c.id, c.target, c.source))
+	cancel()
+	if err != nil {
+		// Closing now would leave the client without a word: nothing has
+		// reached the server, so there is no write slot. The session goes
+		// on as far as the login, whose refusal (57P03, as when the
+		// authentication cannot be recorded) the client reads; no token is
+		// verified and no statement can run.
+		c.unrecorded, c.endReason = true, "audit: session start not recorded: "+err.Error()
+		c.log.Error("audit: session start not recorded; refusing the login", "err", err)
+	} else {
+		c.started = true
 	}
-	c.started = true
 	c.sess = postgres.New(postgres.Config{
 		Target:    t.Name,
 		SessionID: c.id,
@@ -135,10 +155,14 @@ func (c *connection) registerKey() {
 	}
 }
 
-// end forgets the cancel key and records the session's end.
+// end forgets the cancel key, records the results still streaming as
+// incomplete and then the session's end.
 func (c *connection) end() {
 	if c.key != nil {
 		c.srv.keys.Remove(c.target, *c.key)
+	}
+	if c.sess != nil {
+		c.sess.End(c.endReason)
 	}
 	if !c.started {
 		return
@@ -170,8 +194,18 @@ type authenticator struct {
 }
 
 // Authenticate implements postgres.Authenticator.
+//
+// The authentication's record shares one deadline with the verification,
+// below Envoy's ext_proc message timeout (auditBudget): a store that does
+// not answer in time refuses the login in words.
 func (a *authenticator) Authenticate(ctx context.Context, l postgres.Login) (postgres.Identity, error) {
 	c := a.conn
+	if c.unrecorded {
+		return postgres.Identity{}, &postgres.AuthError{SQLState: postgres.SQLStateAuditUnavailable,
+			Reason: auditDownAtLogin, Detail: "The session's start could not be recorded.", Hint: "Try again later."}
+	}
+	actx, cancel := budgeted(ctx, a.cfg, false)
+	defer cancel()
 	v, err := c.srv.opts.Verifier.Verify(ctx, l.Token)
 	var refusal *postgres.AuthError
 	if err != nil {
@@ -180,10 +214,10 @@ func (a *authenticator) Authenticate(ctx context.Context, l postgres.Login) (pos
 		refusal = &postgres.AuthError{SQLState: postgres.SQLStateInvalidAuthorization, Reason: "sluice: " + reason}
 	}
 	ev := authnEvent(c.srv.opts.Now(), c.id, c.target, c.source, v.Principal, l, refusal)
-	if err := c.srv.opts.Audit.Append(ctx, ev); err != nil {
+	if err := c.srv.opts.Audit.Append(actx, ev); err != nil {
 		c.log.Error("audit: authentication not recorded; refusing", "err", err)
-		return postgres.Identity{}, &postgres.AuthError{SQLState: sqlStateCannotConnectNow,
-			Reason: "sluice: the audit trail is unavailable, so no session may start", Hint: "Try again later."}
+		return postgres.Identity{}, &postgres.AuthError{SQLState: postgres.SQLStateAuditUnavailable,
+			Reason: auditDownAtLogin, Detail: "The authentication could not be recorded.", Hint: "Try again later."}
 	}
 	if refusal != nil {
 		c.log.Info("postgres login refused", "reason", refusal.Reason)
@@ -193,9 +227,10 @@ func (a *authenticator) Authenticate(ctx context.Context, l postgres.Login) (pos
 	return postgres.Identity{Principal: v.Principal, Expiry: v.ValidUntil}, nil
 }
 
-// sqlStateCannotConnectNow is 57P03: the refusal is sluice's condition,
-// not the agent's, and may pass.
-const sqlStateCannotConnectNow = "57P03"
+// auditDownAtLogin is the refusal of a login sluice could not record
+// (SQLSTATE 57P03, postgres.SQLStateAuditUnavailable: sluice's condition,
+// not the agent's, and it may pass).
+const auditDownAtLogin = "sluice: the audit trail is unavailable, so no session may start"
 
 // tokenRefusal words a refused token for the agent: SQLSTATE 28P01, the
 // verifier's reason (which never contains the token) and its stable code.

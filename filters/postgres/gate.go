@@ -33,9 +33,11 @@ const (
 	// statements.
 	ProtocolSimple Protocol = iota + 1
 	// ProtocolExtended is a Parse message: one statement, parameters bound
-	// later. Preparing runs nothing: the gate decides (a refused Parse
-	// fails where the client expects it) and records refusals; each run is
-	// a ProtocolExecute.
+	// later. The statement's text reaches the server with the Parse, and
+	// the server may plan it (and fold IMMUTABLE functions) at the Bind, so
+	// the gate decides and records the Parse like a statement: an allowed
+	// Parse is forwarded only once its record is durable, a refused one
+	// fails where the client expects it. Each run is a ProtocolExecute.
 	ProtocolExtended
 	// ProtocolFunctionCall is a FunctionCall message: a function by OID,
 	// no SQL.
@@ -101,6 +103,11 @@ type Verdict struct {
 	// Reason, Detail and Hint become the ErrorResponse the client sees on
 	// a refusal (Detail carries an approval request id, say).
 	Reason, Detail, Hint string
+	// SQLState is the refusal's SQLSTATE. Empty is 42501
+	// insufficient_privilege, a policy's refusal;
+	// SQLStateAuditUnavailable says sluice could not record the
+	// statement, which may pass.
+	SQLState string
 	// Results is what happens to the rows an allowed statement returns;
 	// nil passes them as sent.
 	Results *ResultPlan
@@ -124,10 +131,32 @@ type Outcome struct {
 	Masked    []string
 	Truncated bool
 	Duration  time.Duration
+	// Unfinished is set when the session ended before the server had
+	// answered the run completely (the client went away, Envoy closed the
+	// connection): why it ended. Rows and Bytes are then what reached the
+	// client so far.
+	Unfinished string
 }
 
 // Allowed reports whether the statement may run.
 func (v Verdict) Allowed() bool { return v.Outcome == policies.Allow }
+
+// SQLStateAuditUnavailable is 57P03 cannot_connect_now: sluice could not
+// record a login or a statement durably (or a store it decides with did
+// not answer), so nothing was forwarded. It is the SQLSTATE of every such
+// refusal, at login and per statement, so that
+// drivers and agents see one condition: sluice's, not the agent's, and
+// transient (class 57, operator intervention; poolers and drivers treat
+// 57P03 as "try again later"). 42501 stays the code of a policy's
+// refusal, which retrying does not change.
+const SQLStateAuditUnavailable = "57P03"
+
+// AuditUnavailable refuses a statement sluice could not record.
+func AuditUnavailable(reason, detail, hint string) Verdict {
+	v := Deny(reason, detail, hint)
+	v.SQLState = SQLStateAuditUnavailable
+	return v
+}
 
 // Allow is the verdict that lets a statement through.
 func Allow() Verdict { return Verdict{Outcome: policies.Allow} }

@@ -124,7 +124,8 @@ func (s *Session) onQuery(ctx context.Context, fr frame) Verdict {
 }
 
 // denyWithQuery sends the server a DO block that raises 42501 with a
-// marker only this denial knows.
+// marker only this denial knows. The client reads the verdict's SQLSTATE
+// (rewriteDenial); the replacement's own code only identifies it.
 func (s *Session) denyWithQuery(v Verdict) {
 	nonce := s.cfg.Nonce()
 	marker := "sluice-denied-" + nonce
@@ -411,6 +412,7 @@ func (s *Session) onAnswer(fr frame) error {
 		}
 		if fr.typ == 'C' {
 			h.out.Rows += tagRows(fr.body)
+			h.partRows = 0
 		}
 		if h.cur != nil && h.cur.dropComplete {
 			h.cur = nil
@@ -489,6 +491,7 @@ func (s *Session) onAnswer(fr frame) error {
 func (s *Session) onRow(h *op, fr frame) error {
 	if !h.plan.active() {
 		h.out.Bytes += int64(len(fr.raw) - 5)
+		h.partRows++
 		s.toClient.pass(fr.raw)
 		return nil
 	}
@@ -509,6 +512,7 @@ func (s *Session) onRow(h *op, fr frame) error {
 		return nil
 	}
 	h.out.Bytes += int64(len(out) - 5)
+	h.partRows++
 	if len(out) > 0 && &out[0] == &fr.raw[0] {
 		s.toClient.pass(fr.raw)
 	} else {
@@ -586,7 +590,11 @@ func (s *Session) rewriteDenial(fr frame) (*pgproto3.ErrorResponse, bool) {
 			continue
 		}
 		s.denials = append(s.denials[:i], s.denials[i+1:]...)
-		out := stmtError(codeInsufficientPrivilege, d.verdict.Reason, d.verdict.Detail, d.verdict.Hint)
+		code := d.verdict.SQLState
+		if code == "" {
+			code = codeInsufficientPrivilege
+		}
+		out := stmtError(code, d.verdict.Reason, d.verdict.Detail, d.verdict.Hint)
 		if out.Message == "" {
 			out.Message = fmt.Sprintf("sluice: statement denied on %s", s.cfg.Target)
 		}

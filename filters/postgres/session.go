@@ -350,6 +350,18 @@ func (s *Session) onServerEnd() {
 	}
 }
 
+// End is called once the connection has ended, before its end is
+// recorded: every run the server had not finished answering (rows still
+// streaming when the client or Envoy closed the connection) is reported
+// to its Finished hook as unfinished, with the rows and bytes that reached
+// the client so far. Later calls report nothing.
+func (s *Session) End(why string) {
+	if why == "" {
+		why = "the connection ended"
+	}
+	s.track.flush(why)
+}
+
 // Identity is who the session's token named, once authenticated.
 func (s *Session) Identity() (Identity, bool) { return s.identity, s.authed }
 

@@ -60,6 +60,10 @@ type op struct {
 	finished func(Outcome)
 	start    time.Time
 	out      Outcome
+	// partRows counts the rows (DataRow, CopyData) sent to the client
+	// since the last completion tag, which gives out.Rows their count: what
+	// an unfinished run reports (flush).
+	partRows int64
 }
 
 // prepared is what sluice knows of a prepared statement.
@@ -123,6 +127,25 @@ func (t *tracker) pop() {
 	if len(t.ops) == 0 {
 		t.ops = t.ops[:0:0] // let the backing array go once drained
 	}
+}
+
+// flush reports every run still awaiting its answer as unfinished, with
+// the rows and bytes that reached the client so far, and forgets them: the
+// connection ended (why) before the server completed them.
+func (t *tracker) flush(why string) {
+	for i := range t.ops {
+		o := &t.ops[i]
+		if o.finished == nil {
+			continue
+		}
+		o.out.Rows += o.partRows
+		o.out.Unfinished = why
+		o.out.Duration = t.now().Sub(o.start)
+		f := o.finished
+		o.finished = nil
+		f(o.out)
+	}
+	t.ops = nil
 }
 
 func (t *tracker) statement(name string) *prepared {

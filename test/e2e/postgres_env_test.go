@@ -147,7 +147,7 @@ func startPGPathWith(t *testing.T, o pgOptions) (*pgPath, grants.Store) {
 	// both share one verified-token cache.
 	opts := extproc.NetworkOptions{Config: cfg, Verifier: authzSrv, Audit: rec, Gate: postgres.MarkerGate{}}
 	if o.gate != nil {
-		opts.Gate = o.gate(cfg, authz.GrantsFrom(store), rec)
+		opts.Gate = o.gate(cfg, authz.AuditedGrants(store, rec), rec)
 	}
 	netSrv, err := extproc.NewNetworkServer(opts)
 	if err != nil {

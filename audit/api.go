@@ -3,11 +3,13 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/policies"
@@ -39,8 +41,11 @@ type QueryAPIOptions struct {
 // NewQueryAPI serves GET /v1/audit: the events matching the query
 // parameters principal, target, since, until, kind, class, decision,
 // grant_id, q (text), newest first, limit per page, continued with cursor.
-// since and until take RFC 3339 times or a duration back from now ("15m").
-// Only an authenticated principal in an auditor group may read.
+// since and until take the times ParseTime reads. An unknown or repeated
+// parameter, or a value that is not valid, is answered 400 naming the
+// parameter (see FilterFromQuery). Events that cannot be decoded are
+// listed under "skipped" (Page.Skipped). Only an authenticated principal
+// in an auditor group may read.
 func NewQueryAPI(o QueryAPIOptions) http.Handler {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -72,7 +77,12 @@ func NewQueryAPI(o QueryAPIOptions) http.Handler {
 		}
 		f, err := FilterFromQuery(r.URL.Query(), o.Now())
 		if err != nil {
-			apiError(w, http.StatusBadRequest, "bad_request", err.Error())
+			// A refused query is a read attempt like any other: recorded.
+			if o.record(r, p, "deny", "invalid query: "+err.Error()) {
+				apiError(w, http.StatusBadRequest, "bad_request", err.Error())
+			} else {
+				apiError(w, http.StatusServiceUnavailable, "unavailable", "the audit store could not record this request")
+			}
 			return
 		}
 		if !o.record(r, p, "allow", "") {
@@ -119,8 +129,37 @@ func apiError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "reason": msg})
 }
 
+// Kinds lists the event kinds this sluice writes and queries by.
+var Kinds = []Kind{KindSessionStart, KindSessionEnd, KindAuthn, KindStatement, KindStatementResult, KindHTTPRequest,
+	KindHTTPResponse, KindAuthzDecision, KindGrantCreated, KindGrantApproved, KindGrantDenied, KindGrantRevoked,
+	KindGrantExpired, KindConfigReload, KindAuditQuery}
+
+// Decisions lists the decision values events carry: a gate's outcome
+// (allow, approval_required, deny) or, for grant events, the grant's
+// state.
+var Decisions = []string{"allow", "approval_required", "deny", "pending", "approved", "denied", "revoked", "expired"}
+
+// queryParams are the parameters GET /v1/audit reads; any other is refused.
+var queryParams = []string{"principal", "target", "since", "until", "kind", "class", "decision", "grant_id", "q", "limit", "cursor"}
+
 // FilterFromQuery reads a Filter from GET /v1/audit's query parameters.
+// It refuses a parameter it does not know or given twice, a kind, class
+// or decision that is not one sluice writes, and what Filter.Validate
+// refuses; every error is a *ParamError.
 func FilterFromQuery(q map[string][]string, now time.Time) (Filter, error) {
+	names := make([]string, 0, len(q))
+	for k := range q {
+		names = append(names, k)
+	}
+	slices.Sort(names) // name the same parameter whatever the map's order
+	for _, k := range names {
+		if !slices.Contains(queryParams, k) {
+			return Filter{}, &ParamError{Param: k, Err: fmt.Errorf("unknown parameter (expected one of %s)", strings.Join(queryParams, ", "))}
+		}
+		if len(q[k]) > 1 {
+			return Filter{}, &ParamError{Param: k, Err: errors.New("given more than once")}
+		}
+	}
 	get := func(k string) string {
 		if v := q[k]; len(v) > 0 {
 			return v[0]
@@ -131,19 +170,25 @@ func FilterFromQuery(q map[string][]string, now time.Time) (Filter, error) {
 		GrantID: get("grant_id"), Text: get("q"), Cursor: get("cursor")}
 	var err error
 	if f.Since, err = ParseTime(get("since"), now); err != nil {
-		return f, fmt.Errorf("since: %w", err)
+		return f, &ParamError{Param: "since", Err: err}
 	}
 	if f.Until, err = ParseTime(get("until"), now); err != nil {
-		return f, fmt.Errorf("until: %w", err)
+		return f, &ParamError{Param: "until", Err: err}
+	}
+	if f.Kind != "" && !slices.Contains(Kinds, f.Kind) {
+		return f, &ParamError{Param: "kind", Err: fmt.Errorf("unknown kind %q (expected one of %s)", f.Kind, joinKinds())}
+	}
+	if f.Decision != "" && !slices.Contains(Decisions, f.Decision) {
+		return f, &ParamError{Param: "decision", Err: fmt.Errorf("unknown decision %q (expected one of %s)", f.Decision, strings.Join(Decisions, ", "))}
 	}
 	if c := get("class"); c != "" {
 		if f.Class, err = policies.ParseClass(c); err != nil {
-			return f, fmt.Errorf("class: %w", err)
+			return f, &ParamError{Param: "class", Err: err}
 		}
 	}
 	if l := get("limit"); l != "" {
 		if f.Limit, err = strconv.Atoi(l); err != nil || f.Limit < 1 || f.Limit > MaxQueryLimit {
-			return f, fmt.Errorf("limit: expected 1 to %d, got %q", MaxQueryLimit, l)
+			return f, &ParamError{Param: "limit", Err: fmt.Errorf("expected 1 to %d, got %q", MaxQueryLimit, l)}
 		}
 	}
 	if f.Cursor != "" {
@@ -151,17 +196,47 @@ func FilterFromQuery(q map[string][]string, now time.Time) (Filter, error) {
 			return f, err
 		}
 	}
-	return f, nil
+	return f, f.Validate()
 }
 
-// ParseTime reads a query time: RFC 3339 (with or without seconds or a
-// zone; no zone means UTC), "15:04" for today in UTC, or a duration back
-// from now ("90m", "2h"). "" is the zero time (no bound).
+func joinKinds() string {
+	s := make([]string, len(Kinds))
+	for i, k := range Kinds {
+		s[i] = string(k)
+	}
+	return strings.Join(s, ", ")
+}
+
+// timeLayouts are the RFC 3339 forms ParseTime reads: with or without
+// seconds (and fractions of them), with a zone (Z or ±hh:mm) or without
+// (UTC), with "T" or a space between date and time, or a date alone.
+var timeLayouts = []string{
+	time.RFC3339Nano, "2006-01-02T15:04Z07:00", "2006-01-02T15:04:05", "2006-01-02T15:04",
+	"2006-01-02 15:04:05Z07:00", "2006-01-02 15:04Z07:00", "2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02",
+}
+
+// ParseTime reads a query time: RFC 3339 with or without seconds or a
+// zone (2025-01-31T02:00:00Z, 2025-01-31T02:00+02:00, "2025-01-31 02:00";
+// no zone means UTC; a date alone is its midnight, UTC), "15:04" for
+// today in UTC, or a duration back from now ("90m", "2h"). "" is the zero
+// time (no bound). A time outside MinQueryTime–MaxQueryTime is refused:
+// the store could not compare it.
 func ParseTime(s string, now time.Time) (time.Time, error) {
+	t, err := parseTime(s, now)
+	if err != nil || s == "" {
+		return t, err
+	}
+	if err := checkRange(t); err != nil {
+		return time.Time{}, err
+	}
+	return t, nil
+}
+
+func parseTime(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02"} {
+	for _, layout := range timeLayouts {
 		if t, err := time.Parse(layout, s); err == nil {
 			return t, nil
 		}

@@ -178,3 +178,85 @@ func TestParseTime(t *testing.T) {
 		t.Error("ParseTime(yesterday) succeeded")
 	}
 }
+
+// TestQueryAPIBadInput: every parameter that is unknown, repeated or not
+// valid is answered 400 naming it, and the refused read is recorded.
+func TestQueryAPIBadInput(t *testing.T) {
+	s := open(t, "sqlite://"+filepath.Join(t.TempDir(), "audit.db"), newKey(t))
+	defer s.Close()
+	if err := s.Append(context.Background(), statement("alice", "orders-db", "SELECT 1", policies.ClassRead)); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingSink{}
+	h := NewQueryAPI(QueryAPIOptions{Store: s, Record: rec,
+		Authenticate: func(r *http.Request) (policies.Principal, error) {
+			return policies.Principal{Subject: "alice", Groups: []string{"security"}}, nil
+		},
+		AuditorGroups: func() []string { return []string{"security"} },
+		Now:           func() time.Time { return time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC) },
+	})
+	get := func(query string) (int, string) {
+		req := httptest.NewRequest("GET", "/v1/audit?"+query, nil)
+		req.Header.Set("Authorization", "Bearer auditor")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		var body map[string]string
+		_ = json.Unmarshal(w.Body.Bytes(), &body)
+		return w.Code, body["reason"]
+	}
+	for _, c := range []struct{ query, want string }{
+		{"principle=alice", "principle: unknown parameter"},
+		{"principal=alice&principal=bob", "principal: given more than once"},
+		{"until=3000-01-01T00:00:00Z", "until: 3000-01-01T00:00:00Z is outside the times the store can represent"},
+		{"since=1500-01-01", "since: 1500-01-01T00:00:00Z is outside"},
+		{"until=tomorrow", "until: expected an RFC 3339 time"},
+		{"since=2025-03-01T02:00:00Z&until=2025-03-01T02:00:00Z", "until: 2025-03-01T02:00:00Z is not after since"},
+		{"since=2025-03-01T03:00Z&until=2025-03-01T02:00Z", "is not after since"},
+		{"limit=0", "limit: expected 1 to 1000"},
+		{"limit=1001", "limit: expected 1 to 1000"},
+		{"limit=ten", "limit: expected 1 to 1000"},
+		{"cursor=not-a-cursor", "cursor: invalid cursor"},
+		{"class=reads", "class: unknown operation class"},
+		{"kind=statment", `kind: unknown kind "statment"`},
+		{"decision=allowed", `decision: unknown decision "allowed"`},
+	} {
+		code, reason := get(c.query)
+		if code != 400 || !strings.Contains(reason, c.want) {
+			t.Errorf("%s: %d %q, want 400 with %q", c.query, code, reason, c.want)
+		}
+	}
+	for _, q := range []string{"kind=grant.approved&decision=approved", "decision=approval_required&class=DDL", "until=2262-01-01T00:00:00Z&since=1700-01-01"} {
+		if code, reason := get(q); code != 200 {
+			t.Errorf("%s: %d %s", q, code, reason)
+		}
+	}
+	if len(rec.events) != 17 {
+		t.Fatalf("recorded %d reads, want 17 (14 refused, 3 answered)", len(rec.events))
+	}
+	if e := rec.events[0]; e.Kind != KindAuditQuery || e.Decision != "deny" || e.Request != "GET /v1/audit?principle=alice" ||
+		!strings.Contains(e.Reason, "invalid query: principle: unknown parameter") {
+		t.Errorf("refused read recorded as %+v", e)
+	}
+	rec.err = errors.New("store down")
+	if code, _ := get("principle=alice"); code != 503 {
+		t.Errorf("a refused read that could not be recorded answered %d, want 503", code)
+	}
+}
+
+// TestParseTimeForms: the RFC 3339 forms the doc promises, and the limits.
+func TestParseTimeForms(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	want := time.Date(2025, 1, 31, 2, 0, 0, 0, time.UTC)
+	for _, in := range []string{"2025-01-31T02:00:00Z", "2025-01-31T02:00Z", "2025-01-31T04:00+02:00", "2025-01-31T04:00:00+02:00",
+		"2025-01-31T02:00", "2025-01-31T02:00:00", "2025-01-31 02:00", "2025-01-31 04:00+02:00", "2025-01-31 02:00:00Z", "2025-01-31T02:00:00.000Z"} {
+		got, err := ParseTime(in, now)
+		if err != nil || !got.Equal(want) {
+			t.Errorf("ParseTime(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"3000-01-01T00:00:00Z", "2262-04-12", "1677-09-20T00:00Z", "0001-01-01T00:00:00Z"} {
+		if got, err := ParseTime(in, now); err == nil || !strings.Contains(err.Error(), "outside the times the store can represent") {
+			t.Errorf("ParseTime(%q) = %v, %v; want refused as out of range", in, got, err)
+		}
+	}
+}

@@ -26,9 +26,11 @@ type querier interface {
 type dialect interface {
 	querier
 	name() string
-	// commit writes events and checkpoints in one transaction and returns
-	// once it is durable: fsync'd (SQLite) or committed with
-	// synchronous_commit on (Postgres).
+	// commit writes events and checkpoints in one transaction. A dialect
+	// that is also a deferredSync (SQLite) returns once the transaction is
+	// written, before it is flushed to disk: it is durable only after the
+	// sync that follows. Otherwise (Postgres, synchronous_commit on) it
+	// returns once the commit is durable.
 	commit(ctx context.Context, evs []eventRow, cps []checkpointRow) error
 	// tx runs fn in one transaction; lockName serialises it across
 	// replicas where the database can (Postgres advisory lock).

@@ -140,7 +140,15 @@
 //
 // Exporters (OTLP logs, JSON lines) run behind the store, each from its
 // own cursor kept in the store: a failing exporter never delays or fails
-// an Append; it backs off and catches up. Delivery is at least once. A
-// process ships its own chain at each commit and, every 30 s, chains idle
-// for a minute (a writer that stopped with events unshipped).
+// an Append; it backs off (chain by chain, so one failing chain holds no
+// other back) and catches up. Delivery is at least once. A process ships
+// its own chain at each commit and, every 30 s, chains idle for a minute
+// (a writer that stopped with events unshipped), found through the
+// primary key. Nothing ships until the cursors have been read (retried
+// until they are). A record that cannot be decoded (altered, or written by
+// a newer sluice) is skipped with an error naming its chain and seq, as
+// queries list it under skipped; `sluice audit verify` is what judges it.
+// A JSON lines file is cut back to the last whole batch after a failed
+// write; an exporter stuck writing is abandoned 5 s into Close, which
+// loses nothing: the store still holds every event.
 package audit

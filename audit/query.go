@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,8 @@ type Filter struct {
 	// Principal matches the subject, the client or the human acted for.
 	Principal string
 	Target    string
-	// Since is inclusive, Until exclusive.
+	// Since is inclusive, Until exclusive; each within MinQueryTime to
+	// MaxQueryTime, and Since before Until when both are set (Validate).
 	Since, Until time.Time
 	Kind         Kind
 	Class        policies.OperationClass
@@ -43,10 +45,79 @@ type Filter struct {
 // Page is one page of events, newest first.
 type Page struct {
 	Records []Record `json:"events"`
+	// Skipped names the stored events of this page that could not be
+	// decoded (a tampered body, or a schema version or value from a newer
+	// sluice): they are left out of Records, instead of failing the whole
+	// page, and still count towards the page's limit, so a page may hold
+	// fewer records than the limit and still have a Next. `sluice audit
+	// verify` says what is wrong with them.
+	Skipped []SkippedRecord `json:"skipped,omitempty"`
 	// Next is the cursor of the following page; "" on the last page.
 	Next string `json:"next_cursor,omitempty"`
 }
 
+// SkippedRecord is a stored event Query could not decode.
+type SkippedRecord struct {
+	Writer string `json:"writer"`
+	Seq    int64  `json:"seq"`
+	Error  string `json:"error"`
+}
+
+// Times a query can name: the store keeps nanoseconds since 1970 in 64
+// bits, which reach from 1677-09-21 to 2262-04-11.
+var (
+	MinQueryTime = time.Unix(0, math.MinInt64).UTC()
+	MaxQueryTime = time.Unix(0, math.MaxInt64).UTC()
+)
+
+// checkTime fails for a time the store cannot compare with (see
+// MinQueryTime); the zero time means no bound.
+func checkTime(t time.Time) error {
+	if t.IsZero() {
+		return nil
+	}
+	return checkRange(t)
+}
+
+// checkRange fails for a time outside MinQueryTime–MaxQueryTime, the
+// zero time included.
+func checkRange(t time.Time) error {
+	if !t.Before(MinQueryTime) && !t.After(MaxQueryTime) {
+		return nil
+	}
+	return fmt.Errorf("%s is outside the times the store can represent (%s to %s)",
+		t.Format(time.RFC3339), MinQueryTime.Format(time.RFC3339), MaxQueryTime.Format(time.RFC3339))
+}
+
+// Validate checks what Query would otherwise answer wrongly: times out of
+// the store's range, and a Since not before Until. The error names the
+// field as the query parameter (since, until).
+func (f Filter) Validate() error {
+	if err := checkTime(f.Since); err != nil {
+		return &ParamError{Param: "since", Err: err}
+	}
+	if err := checkTime(f.Until); err != nil {
+		return &ParamError{Param: "until", Err: err}
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		return &ParamError{Param: "until", Err: fmt.Errorf("%s is not after since (%s): the range is empty",
+			f.Until.UTC().Format(time.RFC3339Nano), f.Since.UTC().Format(time.RFC3339Nano))}
+	}
+	return nil
+}
+
+// ParamError is a query parameter (or Filter field) that is not valid.
+type ParamError struct {
+	Param string // as GET /v1/audit names it: since, until, limit…
+	Err   error
+}
+
+func (e *ParamError) Error() string { return e.Param + ": " + e.Err.Error() }
+func (e *ParamError) Unwrap() error { return e.Err }
+
+// cursor is the position of the last event of a page. Its text is
+// "time_ns:writer:seq" in base64: the writer id may hold colons, so the
+// seq is what follows the last one.
 type cursor struct {
 	timeNS int64
 	writer string
@@ -60,16 +131,17 @@ func (c cursor) String() string {
 func parseCursor(s string) (cursor, error) {
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err == nil {
-		parts := strings.SplitN(string(b), ":", 3)
-		if len(parts) == 3 {
-			t, err1 := strconv.ParseInt(parts[0], 10, 64)
-			n, err2 := strconv.ParseInt(parts[2], 10, 64)
+		ts, rest, ok1 := strings.Cut(string(b), ":")
+		i := strings.LastIndexByte(rest, ':')
+		if ok1 && i >= 0 {
+			t, err1 := strconv.ParseInt(ts, 10, 64)
+			n, err2 := strconv.ParseInt(rest[i+1:], 10, 64)
 			if err1 == nil && err2 == nil {
-				return cursor{t, parts[1], n}, nil
+				return cursor{t, rest[:i], n}, nil
 			}
 		}
 	}
-	return cursor{}, fmt.Errorf("invalid cursor %q", s)
+	return cursor{}, &ParamError{Param: "cursor", Err: fmt.Errorf("invalid cursor %q", s)}
 }
 
 // likeEscape makes s a literal inside a LIKE pattern with ESCAPE '\'.
@@ -77,7 +149,13 @@ func likeEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
+// Query answers f (see Filter.Validate for what it refuses). An event
+// whose stored body cannot be decoded does not fail the page: it is
+// listed in Page.Skipped.
 func (s *store) Query(ctx context.Context, f Filter) (Page, error) {
+	if err := f.Validate(); err != nil {
+		return Page{}, fmt.Errorf("audit query: %w", err)
+	}
 	limit := f.Limit
 	switch {
 	case limit <= 0:
@@ -137,6 +215,7 @@ func (s *store) Query(ctx context.Context, f Filter) (Page, error) {
 	defer rs.Close()
 	var page Page
 	var last cursor
+	n := 0 // rows taken: records and skipped
 	for rs.Next() {
 		var c cursor
 		var hash []byte
@@ -144,16 +223,19 @@ func (s *store) Query(ctx context.Context, f Filter) (Page, error) {
 		if err := rs.Scan(&c.writer, &c.seq, &c.timeNS, &hash, &body); err != nil {
 			return Page{}, err
 		}
-		if len(page.Records) == limit {
+		if n == limit {
 			page.Next = last.String()
 			break
 		}
+		n++
+		last = c
 		r, err := storedEvent{seq: c.seq, hash: hash, body: body}.record()
 		if err != nil {
-			return Page{}, fmt.Errorf("audit query: chain %s seq %d: %w (run sluice audit verify)", c.writer, c.seq, err)
+			page.Skipped = append(page.Skipped, SkippedRecord{Writer: c.writer, Seq: c.seq,
+				Error: fmt.Sprintf("cannot decode the stored event: %v (run sluice audit verify)", err)})
+			continue
 		}
 		page.Records = append(page.Records, r)
-		last = c
 	}
 	return page, rs.Err()
 }

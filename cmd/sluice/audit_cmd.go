@@ -28,8 +28,10 @@ const auditUsage = `Usage:
       --api (or SLUICE_API) asks GET /v1/audit with the bearer token in SLUICE_TOKEN.
       filters: --principal --target --since --until --kind --class --decision
                --grant --text; --limit N, --cursor C, --all (every page)
-      times: RFC 3339 (2025-01-31T02:00:00Z), "2025-01-31 02:00" (UTC),
-             HH:MM (today, UTC) or a duration ago (15m)
+      times: RFC 3339 (2025-01-31T02:00:00Z, 2025-01-31T02:00+02:00),
+             "2025-01-31 02:00" (UTC), HH:MM (today, UTC) or a duration ago (15m);
+             --since must be before --until
+      events the store holds but cannot decode are listed on stderr ("skipped")
   sluice audit keygen --out FILE
       write a new ed25519 signing key (PEM, mode 0600) for audit.signing_key_file,
       its public key to FILE.pub, and print the public key
@@ -123,10 +125,10 @@ func auditQuery(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	until := fs.String("until", "", "to this time (exclusive)")
 	kind := fs.String("kind", "", "event kind (statement, http.request, authz.decision, grant.approved, …)")
 	class := fs.String("class", "", "operation class: read, write, ddl, admin, unknown")
-	decision := fs.String("decision", "", "allow, deny, approval_required")
+	decision := fs.String("decision", "", "allow, deny, approval_required (or a grant state: pending, approved, denied, revoked, expired)")
 	grant := fs.String("grant", "", "grant id")
 	text := fs.String("text", "", "substring of the statement, request or reason")
-	limit := fs.Int("limit", 50, "events per page")
+	limit := fs.Int("limit", 50, fmt.Sprintf("events per page (1 to %d)", audit.MaxQueryLimit))
 	cursor := fs.String("cursor", "", "continue from a previous page")
 	all := fs.Bool("all", false, "follow every page")
 	output := fs.String("output", "table", "table or json (one JSON object per line)")
@@ -139,6 +141,12 @@ func auditQuery(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if *output != "table" && *output != "json" {
 		return fmt.Errorf("audit query: --output: expected table or json, got %q", *output)
+	}
+	if *cfgPath != "" && isSet(fs, "api") {
+		return errors.New("audit query: give --config or --api, not both")
+	}
+	if *limit < 1 || *limit > audit.MaxQueryLimit {
+		return fmt.Errorf("audit query: --limit: expected 1 to %d, got %d", audit.MaxQueryLimit, *limit)
 	}
 	now := time.Now()
 	q := url.Values{}
@@ -157,11 +165,18 @@ func auditQuery(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			q.Set(k, t.UTC().Format(time.RFC3339Nano))
 		}
 	}
+	// Every filter is checked here, before the store or the API is asked,
+	// so that a bad one is a usage error naming its flag.
+	if _, err := audit.FilterFromQuery(q, now); err != nil {
+		var pe *audit.ParamError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("audit query: --%s: %w", queryFlags[pe.Param], pe.Err)
+		}
+		return fmt.Errorf("audit query: %w", err)
+	}
 
 	var fetch func(ctx context.Context, q url.Values) (audit.Page, error)
 	switch {
-	case *cfgPath != "" && isSet(fs, "api"):
-		return errors.New("audit query: give --config or --api, not both")
 	case *cfgPath != "":
 		s, err := openAuditStore(ctx, *cfgPath)
 		if err != nil {
@@ -193,6 +208,9 @@ func auditQuery(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("audit query: %w", err)
 		}
+		for _, sk := range page.Skipped {
+			fmt.Fprintf(stderr, "skipped: chain %s event seq %d: %s\n", sk.Writer, sk.Seq, sk.Error)
+		}
 		for _, r := range page.Records {
 			if *output == "json" {
 				if err := enc.Encode(r); err != nil {
@@ -213,6 +231,10 @@ func auditQuery(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		q.Set("cursor", page.Next)
 	}
 }
+
+// queryFlags maps GET /v1/audit's parameters to the flags that set them.
+var queryFlags = map[string]string{"principal": "principal", "target": "target", "since": "since", "until": "until",
+	"kind": "kind", "class": "class", "decision": "decision", "grant_id": "grant", "q": "text", "limit": "limit", "cursor": "cursor"}
 
 func isSet(fs *flag.FlagSet, name string) bool {
 	set := false

@@ -179,3 +179,74 @@ func TestAuditQueryThroughAPI(t *testing.T) {
 		t.Errorf("bad token: %v", err)
 	}
 }
+
+// TestAuditQueryBadInput: a bad flag is a usage error naming the flag,
+// before any store or API is asked.
+func TestAuditQueryBadInput(t *testing.T) {
+	cfgPath, _ := auditFixture(t)
+	ctx := context.Background()
+	t.Setenv("SLUICE_API", "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--since", "yesterday"}, "audit query: --since: expected an RFC 3339 time"},
+		{[]string{"--until", "3000-01-01T00:00:00Z"}, "audit query: --until: 3000-01-01T00:00:00Z is outside the times the store can represent"},
+		{[]string{"--since", "2025-03-01T02:10Z", "--until", "2025-03-01T02:00Z"}, "audit query: --until: 2025-03-01T02:00:00Z is not after since"},
+		{[]string{"--output", "yaml"}, "audit query: --output: expected table or json"},
+		{[]string{"--limit", "0"}, "audit query: --limit: expected 1 to 1000, got 0"},
+		{[]string{"--limit", "5000"}, "audit query: --limit: expected 1 to 1000, got 5000"},
+		{[]string{"--limit", "many"}, `invalid value "many" for flag -limit`},
+		{[]string{"--kind", "statment"}, `audit query: --kind: unknown kind "statment"`},
+		{[]string{"--class", "reads"}, "audit query: --class: unknown operation class"},
+		{[]string{"--decision", "allowed"}, `audit query: --decision: unknown decision "allowed"`},
+		{[]string{"--cursor", "!!"}, "audit query: --cursor: invalid cursor"},
+		{[]string{"--api", "http://127.0.0.1:1"}, "give --config or --api, not both"},
+	} {
+		var out, errOut bytes.Buffer
+		err := auditCmd(ctx, append([]string{"query", "--config", cfgPath}, c.args...), &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%v printed %q", c.args, out.String())
+		}
+	}
+	// SLUICE_API in the environment does not conflict with --config.
+	t.Setenv("SLUICE_API", "http://127.0.0.1:1")
+	var out, errOut bytes.Buffer
+	if err := auditCmd(ctx, []string{"query", "--config", cfgPath, "--since", "2025-03-01T02:00Z"}, &out, &errOut); err != nil {
+		t.Errorf("--config with SLUICE_API set: %v", err)
+	}
+	if !strings.Contains(out.String(), "SELECT 3") || strings.Contains(out.String(), "SELECT 1\n") {
+		t.Errorf("--since 2025-03-01T02:00Z:\n%s", out.String())
+	}
+	// Through the API, a bad flag fails before the request (no token needed).
+	t.Setenv("SLUICE_TOKEN", "")
+	err := auditCmd(ctx, []string{"query", "--api", "http://127.0.0.1:1", "--limit", "0"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "--limit") {
+		t.Errorf("--api with --limit 0: %v", err)
+	}
+}
+
+// TestAuditQueryShowsSkipped: an event the store cannot decode is named
+// on stderr; the others are listed.
+func TestAuditQueryShowsSkipped(t *testing.T) {
+	cfgPath, _ := auditFixture(t)
+	db, err := sql.Open("sqlite", filepath.Join(filepath.Dir(cfgPath), "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE audit_events SET body = replace(body, '{"v":1,', '{"v":2,') WHERE seq = 3`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	var out, errOut bytes.Buffer
+	if err := auditCmd(context.Background(), []string{"query", "--config", cfgPath}, &out, &errOut); err != nil {
+		t.Fatalf("%v\n%s", err, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "skipped: chain") || !strings.Contains(errOut.String(), "event seq 3: cannot decode") ||
+		strings.Count(out.String(), "\n") != 5 {
+		t.Errorf("stdout:\n%s\nstderr:\n%s", out.String(), errOut.String())
+	}
+}

@@ -150,18 +150,23 @@ func queryOne(ctx context.Context, q querier, sql string, args []any, dest ...an
 
 // writers lists every chain the store knows, from events or checkpoints.
 func writers(ctx context.Context, q querier) ([]string, error) {
-	rs, err := q.query(ctx, "SELECT writer FROM audit_events GROUP BY writer UNION SELECT writer FROM audit_checkpoints GROUP BY writer ORDER BY 1")
+	return queryStrings(ctx, q, "SELECT writer FROM audit_events GROUP BY writer UNION SELECT writer FROM audit_checkpoints GROUP BY writer ORDER BY 1")
+}
+
+// queryStrings returns the first column of every row.
+func queryStrings(ctx context.Context, q querier, sql string, args ...any) ([]string, error) {
+	rs, err := q.query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rs.Close()
 	var out []string
 	for rs.Next() {
-		var w string
-		if err := rs.Scan(&w); err != nil {
+		var s string
+		if err := rs.Scan(&s); err != nil {
 			return nil, err
 		}
-		out = append(out, w)
+		out = append(out, s)
 	}
 	return out, rs.Err()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -254,22 +255,8 @@ WHERE h.time_ns < ? AND h.seq > coalesce(c.seq, 0) ORDER BY h.writer`
 
 // idleChains lists the chains other than its own that the sweep ships.
 func (sh *shipper) idleChains(ctx context.Context) ([]string, error) {
-	rs, err := sh.db.query(ctx, idleChainsSQL, sh.exp.Name(), sh.now().Add(-sh.orphan).UnixNano())
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	var out []string
-	for rs.Next() {
-		var w string
-		if err := rs.Scan(&w); err != nil {
-			return nil, err
-		}
-		if w != sh.own {
-			out = append(out, w)
-		}
-	}
-	return out, rs.Err()
+	ws, err := queryStrings(ctx, sh.db, idleChainsSQL, sh.exp.Name(), sh.now().Add(-sh.orphan).UnixNano())
+	return slices.DeleteFunc(ws, func(w string) bool { return w == sh.own }), err
 }
 
 // pass ships, each up to its head, its own chain, the failed chains whose

@@ -9,31 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/policies"
+	"github.com/sluicehq/sluice/test/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // cursorsDown is the SQLite store whose export cursors cannot be read
 // while fails is above zero.
@@ -77,7 +59,7 @@ func TestExporterRetriesCursors(t *testing.T) {
 	}
 	cd := &cursorsDown{sqliteDB: db}
 	cd.fails.Store(3)
-	var log syncBuffer
+	var log testenv.SyncBuffer
 	jsonl := filepath.Join(t.TempDir(), "audit.jsonl")
 	exp, err := NewJSONLExporter(jsonl)
 	if err != nil {
@@ -123,8 +105,8 @@ func TestExportSkipsUndecodable(t *testing.T) {
 	raw.exec(t, `UPDATE audit_events SET body = replace(body, '{"v":1,', '{"v":2,') WHERE writer = 'a' AND seq = 3`)
 	raw.exec(t, `UPDATE audit_events SET body = '{not json' WHERE writer = 'b' AND seq = 5`)
 
-	var out syncBuffer
-	var log syncBuffer
+	var out testenv.SyncBuffer
+	var log testenv.SyncBuffer
 	s := open(t, url, key, WithWriterID("c"), WithExporters(NewJSONLWriter("test", &out)),
 		WithLogger(slog.New(slog.NewTextHandler(&log, nil))), func(o *options) { o.orphanAfter = 0 })
 	appendN(t, s, 1)

@@ -58,6 +58,20 @@ func gatedStore(t *testing.T, opts ...Option) (*gatedSync, *store) {
 	return g, s
 }
 
+// hold makes every sync from now on wait until release is called.
+func (g *gatedSync) hold() (release func()) {
+	gate := make(chan struct{})
+	g.mu.Lock()
+	g.gate = gate
+	g.mu.Unlock()
+	return func() {
+		g.mu.Lock()
+		g.gate = nil
+		g.mu.Unlock()
+		close(gate)
+	}
+}
+
 func (g *gatedSync) commitSizes() []int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -75,10 +89,7 @@ func TestWriterHoldsSmallBatchesWhileSyncing(t *testing.T) {
 	defer s.Close()
 	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
 
-	gate := make(chan struct{})
-	g.mu.Lock()
-	g.gate = gate
-	g.mu.Unlock()
+	release := g.hold()
 	errs := make(chan error, 1+pipelineMin)
 	appendAsync := func() { go func() { errs <- s.Append(ctx, ev) }() }
 
@@ -104,10 +115,7 @@ func TestWriterHoldsSmallBatchesWhileSyncing(t *testing.T) {
 		t.Fatalf("an append returned (%v) before any sync finished", err)
 	default:
 	}
-	g.mu.Lock()
-	g.gate = nil
-	g.mu.Unlock()
-	close(gate)
+	release()
 	for range 1 + pipelineMin {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
@@ -128,10 +136,7 @@ func TestWriterClosesWithAHeldBatch(t *testing.T) {
 	ctx := context.Background()
 	g, s := gatedStore(t)
 	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
-	gate := make(chan struct{})
-	g.mu.Lock()
-	g.gate = gate
-	g.mu.Unlock()
+	release := g.hold()
 	errs := make(chan error, 2)
 	go func() { errs <- s.Append(ctx, ev) }()
 	<-g.entered // the first batch's sync is held
@@ -148,10 +153,7 @@ func TestWriterClosesWithAHeldBatch(t *testing.T) {
 	waitFor(t, "the writer to take the second append", 10*time.Second, func() bool { return len(s.w.in) == 0 })
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
-	g.mu.Lock()
-	g.gate = nil
-	g.mu.Unlock()
-	close(gate)
+	release()
 	for range 2 {
 		select {
 		case err := <-errs:
@@ -185,10 +187,7 @@ func TestWriterFailsAppendsOfAStalledFlush(t *testing.T) {
 	g, s := gatedStore(t, WithCommitTimeout(timeout))
 	defer s.Close()
 	ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
-	gate := make(chan struct{})
-	g.mu.Lock()
-	g.gate = gate
-	g.mu.Unlock()
+	release := g.hold()
 	held := make(chan error, 1)
 	go func() { held <- s.Append(ctx, ev) }()
 	<-g.entered // its flush is held
@@ -207,10 +206,7 @@ func TestWriterFailsAppendsOfAStalledFlush(t *testing.T) {
 	if err := s.Append(dctx, ev); !errors.Is(err, errFlushStalled) {
 		t.Fatalf("an append during the stall: %v, want %v", err, errFlushStalled)
 	}
-	g.mu.Lock()
-	g.gate = nil
-	g.mu.Unlock()
-	close(gate)
+	release()
 	waitFor(t, "the stall to end", 10*time.Second, func() bool { return !s.w.stalled.Load() })
 	if err := s.Append(ctx, ev); err != nil {
 		t.Fatalf("an append after the flush returned: %v", err)

@@ -28,10 +28,10 @@ func testStoreDown(t *testing.T, pg *testenv.Postgres, e env) {
 	}
 	pg.Stop()
 	// Failing fast is the point: an Append that waited for its context
-	// (3 s) or the commit timeout (2 s) would hold a gate that long. The
-	// bound is well under both, and the error must be the database's, not
-	// a deadline.
-	const failFast = 500 * time.Millisecond
+	// (3 s) or the commit timeout (2 s) would hold a gate that long, and
+	// would fail with a deadline (both wrap context.DeadlineExceeded). The
+	// error must be the database's instead; how long it took is logged, not
+	// asserted (a loaded machine is slow, not wrong).
 	for range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		start := time.Now()
@@ -43,9 +43,6 @@ func testStoreDown(t *testing.T, pg *testenv.Postgres, e env) {
 		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Append with the database stopped ran into a deadline after %s (%v); want the database's error at once", d, err)
-		}
-		if d > failFast {
-			t.Errorf("Append took %s to fail, want under %s", d, failFast)
 		}
 		t.Logf("store down after %s: %v", d, err)
 	}

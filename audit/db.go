@@ -150,8 +150,20 @@ func queryOne(ctx context.Context, q querier, sql string, args []any, dest ...an
 
 // writers lists every chain the store knows, from events or checkpoints.
 func writers(ctx context.Context, q querier) ([]string, error) {
-	return queryStrings(ctx, q, "SELECT writer FROM audit_events GROUP BY writer UNION SELECT writer FROM audit_checkpoints GROUP BY writer ORDER BY 1")
+	return queryStrings(ctx, q, eventWritersCTE+` SELECT writer FROM w WHERE writer IS NOT NULL
+UNION SELECT writer FROM audit_checkpoints GROUP BY writer ORDER BY 1`)
 }
+
+// eventWritersCTE is w (writer): every writer of audit_events, and a last
+// NULL row, found by a loose index scan of the primary key (writer, seq),
+// one seek per chain, rather than by reading every event (GROUP BY did:
+// seconds on a store holding months of events, at each start, verify and
+// export sweep).
+const eventWritersCTE = `WITH RECURSIVE w (writer) AS (
+	SELECT min(writer) FROM audit_events
+	UNION ALL
+	SELECT (SELECT e.writer FROM audit_events e WHERE e.writer > w.writer ORDER BY e.writer LIMIT 1) FROM w WHERE w.writer IS NOT NULL
+)`
 
 // queryStrings returns the first column of every row.
 func queryStrings(ctx context.Context, q querier, sql string, args ...any) ([]string, error) {

@@ -240,11 +240,7 @@ func (sh *shipper) init(ctx context.Context) error {
 // primary key (writer, seq): one seek per chain for the next writer (a
 // loose index scan) and one for its last event, instead of reading every
 // event; a chain already shipped costs one cursor lookup.
-const idleChainsSQL = `WITH RECURSIVE w (writer) AS (
-	SELECT min(writer) FROM audit_events
-	UNION ALL
-	SELECT (SELECT e.writer FROM audit_events e WHERE e.writer > w.writer ORDER BY e.writer LIMIT 1) FROM w WHERE w.writer IS NOT NULL
-), head AS (
+const idleChainsSQL = eventWritersCTE + `, head AS (
 	SELECT w.writer,
 		(SELECT e.seq FROM audit_events e WHERE e.writer = w.writer ORDER BY e.seq DESC LIMIT 1) AS seq,
 		(SELECT e.time_ns FROM audit_events e WHERE e.writer = w.writer ORDER BY e.seq DESC LIMIT 1) AS time_ns

@@ -37,8 +37,12 @@
 //     reach what another chain's checkpoint saw (resume does the same);
 //   - periodic: in the same transaction as the batch that reaches
 //     checkpoint_every events since the last one, or on its own once
-//     checkpoint_interval has passed with unsealed events;
-//   - final: at Close: any event after it was inserted;
+//     checkpoint_interval has passed with unsealed events. It witnesses
+//     the other chains' heads that moved since this chain last witnessed
+//     them (read off the commit path every checkpoint_interval), so that
+//     replicas running side by side seal each other as they go;
+//   - final: at Close: any event after it was inserted (it witnesses as a
+//     periodic one does);
 //   - retention: when events are pruned, naming the last removed event and
 //     its hash, the base the rest of the chain links to.
 //

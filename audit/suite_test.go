@@ -139,6 +139,7 @@ func runSuite(t *testing.T, e env) {
 	t.Run("append query verify", func(t *testing.T) { testAppendQueryVerify(t, e) })
 	t.Run("tamper", func(t *testing.T) { testTamper(t, e) })
 	t.Run("tamper witnessed", func(t *testing.T) { testTamperWitnessed(t, e) })
+	t.Run("tamper witnessed later", func(t *testing.T) { testTamperWitnessedLater(t, e) })
 	t.Run("verify during retention", func(t *testing.T) { testVerifyDuringRetention(t, e) })
 	t.Run("retention", func(t *testing.T) { testRetention(t, e) })
 	t.Run("sigkill", func(t *testing.T) { testKill(t, e) })

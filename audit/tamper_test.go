@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -260,4 +261,48 @@ func testVerifyDuringRetention(t *testing.T, e env) {
 		verified++
 	}
 	t.Logf("%d clean reports while retention ran", verified)
+}
+
+// testTamperWitnessedLater: a chain running beside another (a second
+// replica) witnesses the other's head in its periodic checkpoints, not
+// only at its start, so a chain that began after it cannot be cut short
+// either.
+func testTamperWitnessedLater(t *testing.T, e env) {
+	url, raw := e.fresh(t)
+	key := newKey(t)
+	ctx := context.Background()
+	b := open(t, url, key, WithCheckpoints(5, 20*time.Millisecond)).(*store)
+	a := open(t, url, key, WithCheckpoints(10, time.Hour))
+	for i := 1; i <= 30; i++ {
+		if err := a.Append(ctx, statement("agent", "orders-db", fmt.Sprintf("SELECT %d", i), policies.ClassRead)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	aw := a.Writer()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to read a's head", 10*time.Second, func() bool {
+		p := b.w.others.Load()
+		return p != nil && slices.ContainsFunc(*p, func(h ChainHead) bool { return h.Writer == aw && h.Seq == 30 })
+	})
+	for i := 1; i <= 5; i++ { // a periodic checkpoint
+		if err := b.Append(ctx, statement("agent", "orders-db", fmt.Sprintf("SELECT %d", i), policies.ClassRead)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustVerify(t, openRO(t, url, key))
+	raw.exec(t, "DELETE FROM audit_events WHERE writer = ? AND seq > 12", aw)
+	raw.exec(t, "DELETE FROM audit_checkpoints WHERE writer = ? AND seq > 12", aw)
+	rep, err := openRO(t, url, key).Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("chain %s: events seq 13–30 missing (checkpoint", aw)
+	if rep.OK() || !strings.Contains(rep.Problems[0].String(), want) || !strings.Contains(rep.Problems[0].String(), "of chain "+b.Writer()) {
+		t.Fatalf("a's tail cut after b witnessed it:\n%s\nwant …%s… of chain %s", rep, want, b.Writer())
+	}
 }

@@ -234,6 +234,10 @@ func (a *API) event(ctx context.Context, r *http.Request, kind audit.Kind, g Gra
 // approvers are told; neither can be rolled back after a failed append. So
 // a transition whose record fails is not made, and the caller is told so.
 func (a *API) recordFirst(ctx context.Context, ev audit.Event, what string) error {
+	// The API's requests have no deadline of their own: an audit store that
+	// hangs must not hold the caller (and the grant) indefinitely.
+	ctx, cancel := context.WithTimeout(ctx, unappliedRecordTimeout)
+	defer cancel()
 	if err := a.opts.Audit.Append(ctx, ev); err != nil {
 		a.log.Error("AUDIT RECORD FAILED; the grant transition was not made",
 			"kind", string(ev.Kind), "grant_id", ev.GrantID, "target", ev.Target, "subject", ev.Principal.Subject, "actor", ev.Actor, "err", err)
@@ -243,8 +247,9 @@ func (a *API) recordFirst(ctx context.Context, ev audit.Event, what string) erro
 	return nil
 }
 
-// unappliedRecordTimeout bounds the best-effort record of a transition
-// the store refused after its event was appended.
+// unappliedRecordTimeout bounds each of the API's audit appends: the
+// record that must precede a transition, and the best-effort record of a
+// transition the store refused after its event was appended.
 const unappliedRecordTimeout = 5 * time.Second
 
 // recordUnapplied notes, best effort, that the transition ev recorded did

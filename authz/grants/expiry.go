@@ -59,6 +59,10 @@ func (r *ExpiryRecorder) defaults() {
 	}
 }
 
+// expiryRecordTimeout bounds one expiry's audit append, so that a store
+// that hangs delays the next poll, not forever.
+const expiryRecordTimeout = 5 * time.Second
+
 // Poll records the grants that expired since the last poll; with quiet
 // set it only learns what has expired so far.
 func (r *ExpiryRecorder) Poll(ctx context.Context, quiet bool) {
@@ -74,7 +78,10 @@ func (r *ExpiryRecorder) Poll(ctx context.Context, quiet bool) {
 		if quiet || r.seen[g.ID] {
 			continue
 		}
-		if err := r.Audit.Append(ctx, expiredEvent(g, r.Now())); err != nil {
+		actx, cancel := context.WithTimeout(ctx, expiryRecordTimeout)
+		err := r.Audit.Append(actx, expiredEvent(g, r.Now()))
+		cancel()
+		if err != nil {
 			r.Log.Error("AUDIT RECORD FAILED for a grant expiry; will retry", "grant_id", g.ID, "err", err)
 			delete(now, g.ID) // try again next poll
 		}

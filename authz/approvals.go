@@ -96,15 +96,22 @@ func (a storeGrants) RequestApproval(ctx context.Context, r ApprovalRequest) (st
 	}
 	g, err := a.s.Create(ctx, in)
 	if err != nil {
-		// Recorded but not opened: say so, best effort, within the
-		// caller's deadline (the store is what failed; its error goes
-		// back either way).
+		// Recorded but not opened: say so, best effort (the store is what
+		// failed; its error goes back either way), with a short grace of
+		// its own, since the store may have failed by spending the
+		// caller's deadline.
 		ev.Decision, ev.Error = "", "not applied: "+err.Error()
-		_ = a.sink.Append(ctx, ev)
+		nctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unappliedGrace)
+		_ = a.sink.Append(nctx, ev)
+		cancel()
 		return "", err
 	}
 	return g.ID, nil
 }
+
+// unappliedGrace bounds the record of an approval request that was
+// recorded but could not be opened.
+const unappliedGrace = 250 * time.Millisecond
 
 // requestedEvent is the grant.requested event of the approval request in,
 // which r's refusal opens.

@@ -54,6 +54,7 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 	cfg := g.Config()
 	now := g.Now()
 	budget := auditBudget(cfg)
+	begun := time.Now()
 	waitCtx := ctx
 	ctx, cancel := context.WithTimeoutCause(ctx, budget, errBudget(budget))
 	defer cancel()
@@ -114,7 +115,10 @@ func (g *PolicyGate) Decide(ctx context.Context, st postgres.Statement) postgres
 		ev.GrantID = id
 		if d.Wait > 0 {
 			cancel() // the wait has its own bound: Envoy's timeout covers it
-			return g.hold(waitCtx, cfg, req, statement, analysis, ev, id, d, st.Protocol != postgres.ProtocolExtended)
+			// Envoy's timeout for this message is the wait plus one message
+			// timeout; everything the hold records ends within the wait
+			// plus this message's budget, counted from its arrival.
+			return g.hold(waitCtx, cfg, req, statement, analysis, ev, id, d, st.Protocol != postgres.ProtocolExtended, begun.Add(d.Wait+budget))
 		}
 		return g.refuse(ctx, ev, "sluice: "+d.Reason,
 			"Approval request "+id+" is open.",
@@ -237,6 +241,15 @@ func budgeted(parent context.Context, cfg *policies.Config, detach bool) (contex
 	return context.WithTimeoutCause(parent, b, errBudget(b))
 }
 
+// deadlined is budgeted with an absolute deadline (a held statement's):
+// its expiry reads as the budget's.
+func deadlined(parent context.Context, cfg *policies.Config, deadline time.Time, detach bool) (context.Context, context.CancelFunc) {
+	if detach {
+		parent = context.WithoutCancel(parent)
+	}
+	return context.WithDeadlineCause(parent, deadline, errBudget(auditBudget(cfg)))
+}
+
 // holdPoll is how often a held statement looks for its approval. The
 // grant cache answers Active from memory, so polling costs little.
 const holdPoll = 100 * time.Millisecond
@@ -247,32 +260,33 @@ const holdPoll = 100 * time.Millisecond
 // Envoy's message_timeout for the target covers the longest wait
 // (xds/translate.go).
 func (g *PolicyGate) hold(ctx context.Context, cfg *policies.Config, req policies.Request, statement *sql.Statement,
-	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision, runs bool) postgres.Verdict {
+	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision, runs bool, deadline time.Time) postgres.Verdict {
 	timer := time.NewTimer(d.Wait)
 	defer timer.Stop()
 	tick := time.NewTicker(holdPoll)
 	defer tick.Stop()
 	states, _ := g.Grants.(authz.GrantStates)
-	// Each ending gets a fresh budget for its record: the wait spent the
-	// old one, and Envoy's timeout for the message covers the wait plus
-	// one message timeout. A connection that ended meanwhile has cancelled
-	// ctx, but its refusal is still recorded, detached from it.
+	// Every look-up and record ends by deadline: the wait plus what the
+	// message's budget had left when the hold began, inside Envoy's
+	// timeout for the message (the wait plus one message timeout). A
+	// connection that ended meanwhile has cancelled ctx, but its refusal
+	// is still recorded, detached from it.
 	for {
 		select {
 		case <-ctx.Done():
-			rctx, cancel := budgeted(ctx, cfg, true)
+			rctx, cancel := deadlined(ctx, cfg, deadline, true)
 			defer cancel()
 			ev.Reason = fmt.Sprintf("%s; the connection ended while the statement waited for approval", d.Reason)
 			return g.refuse(rctx, ev, "sluice: the connection ended while the statement waited for approval", "Approval request "+id+" is open.", "")
 		case <-timer.C:
-			rctx, cancel := budgeted(ctx, cfg, false)
+			rctx, cancel := deadlined(ctx, cfg, deadline, false)
 			defer cancel()
 			ev.Reason = fmt.Sprintf("%s; not approved within %s", d.Reason, d.Wait)
 			return g.refuse(rctx, ev, "sluice: "+ev.Reason, "Approval request "+id+" is still open.",
 				fmt.Sprintf("Ask someone in %s to run: sluice grants approve %s, then run the statement again", strings.Join(cfg.Approvers.Groups, " or "), id))
 		case <-tick.C:
 		}
-		if v, done := g.holdCheck(ctx, cfg, req, statement, analysis, ev, id, d, runs, states); done {
+		if v, done := g.holdCheck(ctx, cfg, req, statement, analysis, ev, id, d, runs, states, deadline); done {
 			return v
 		}
 	}
@@ -281,10 +295,10 @@ func (g *PolicyGate) hold(ctx context.Context, cfg *policies.Config, req policie
 // holdCheck looks once whether a held statement's request was decided:
 // approved (the statement is decided again and, allowed, recorded and
 // run), or denied, revoked or expired (refused). Its look-ups and records
-// share one budget.
+// end by the hold's deadline.
 func (g *PolicyGate) holdCheck(ctx context.Context, cfg *policies.Config, req policies.Request, statement *sql.Statement,
-	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision, runs bool, states authz.GrantStates) (postgres.Verdict, bool) {
-	ctx, cancel := budgeted(ctx, cfg, false)
+	analysis *sql.Analysis, ev audit.Event, id string, d policies.Decision, runs bool, states authz.GrantStates, deadline time.Time) (postgres.Verdict, bool) {
+	ctx, cancel := deadlined(ctx, cfg, deadline, false)
 	defer cancel()
 	now := g.Now()
 	active, err := g.Grants.Active(ctx, req.Principal, req.Target, now)
@@ -316,8 +330,23 @@ func (g *PolicyGate) refuse(ctx context.Context, ev audit.Event, reason, detail,
 	if ev.Reason == "" {
 		ev.Reason = reason
 	}
+	ctx, cancel := refusalContext(ctx)
+	defer cancel()
 	_ = g.Audit.Append(ctx, ev)
 	return postgres.Deny(reason, detail, hint)
+}
+
+// refusalContext is the context a refusal is recorded with (best effort:
+// it is refused either way). A budget the refusal's cause spent (a grant
+// store that did not answer in time) gets a short grace, a sixth of it,
+// so that the refusal is still recorded and answered inside Envoy's
+// message timeout.
+func refusalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	var b errBudget
+	if ctx.Err() == nil || !errors.As(context.Cause(ctx), &b) {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Duration(b)/6)
 }
 
 // statementPlan is a ResultPlan with the column patterns its MaskColumn
@@ -423,24 +452,31 @@ func (g *PolicyGate) recordOutcome(ev audit.Event, a *sql.Analysis, o postgres.O
 	if o.Unfinished != "" {
 		ev.Error = strings.TrimPrefix(ev.Error+"; ", "; ") + "incomplete: the session ended before the result did (" + o.Unfinished + "); rows and bytes are what reached the client"
 	}
-	record := func() {
+	record := func(timeout time.Duration) {
 		if a != nil && len(a.Statements) == 1 {
 			ev.Fingerprint = a.Statements[0].Fingerprint()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), resultRecordTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		_ = g.Audit.Append(ctx, ev)
 	}
 	if o.Unfinished != "" {
-		record()
+		// On the connection's way out, one after another: a short bound
+		// each, so that a store that hangs does not hold the connection's
+		// end (and sluice's shutdown, which waits for it) for long.
+		record(unfinishedRecordTimeout)
 		return
 	}
-	go record()
+	go record(resultRecordTimeout)
 }
 
 // resultRecordTimeout bounds how long a result's record may wait for the
 // store.
 const resultRecordTimeout = 10 * time.Second
+
+// unfinishedRecordTimeout bounds the record of each run a session ended
+// before it was answered.
+const unfinishedRecordTimeout = time.Second
 
 func newRequestID() string {
 	var b [8]byte

@@ -358,6 +358,11 @@ func (x *exchange) requestBody(ctx context.Context, b *extprocv3.HttpBody) *extp
 // already. It returns nil once the event is durable, or the 503 that
 // refuses the request when it cannot be: nothing passes unaudited.
 func (x *exchange) recordRequest(ctx context.Context) *extprocv3.ProcessingResponse {
+	// Bounded below Envoy's message timeout, as the Postgres gate's
+	// records are, so that a store that hangs is a 503 in sluice's words
+	// rather than Envoy's own error.
+	ctx, cancel := budgeted(ctx, x.cfg, false)
+	defer cancel()
 	if err := x.record(ctx); err != nil {
 		return refusal(typev3.StatusCode_ServiceUnavailable, x.target.Name, "sluice: the audit store is unavailable; nothing passes unaudited")
 	}

@@ -34,10 +34,6 @@ type connection struct {
 	key       *postgres.BackendKey
 	endReason string
 	started   bool
-	// unrecorded is set when the session's start could not be recorded:
-	// the login is then refused at the password, where a write slot
-	// exists to say so, and nothing else passes.
-	unrecorded bool
 }
 
 // handle answers one request. It returns nil only for a request that
@@ -69,12 +65,6 @@ func (c *connection) handle(ctx context.Context, req *netextprocv3.ProcessingReq
 	if rd != nil {
 		r := c.sess.FromClient(ctx, rd.GetData(), rd.GetEndOfStream())
 		c.note(r)
-		if c.unrecorded && c.sess.Phase() == "cancel" {
-			// A CancelRequest has no login to refuse and no slot to
-			// answer in: unrecorded, it goes nowhere.
-			c.refused, c.endReason = true, "audit: session start not recorded; cancel request dropped"
-			return closeResponse()
-		}
 		return readResponse(r)
 	}
 	r := c.sess.FromServer(ctx, wd.GetData(), wd.GetEndOfStream())
@@ -115,16 +105,14 @@ func (c *connection) start(ctx context.Context, req *netextprocv3.ProcessingRequ
 	err := c.srv.opts.Audit.Append(actx, sessionStartEvent(c.srv.opts.Now(), c.id, c.target, c.source))
 	cancel()
 	if err != nil {
-		// Closing now would leave the client without a word: nothing has
-		// reached the server, so there is no write slot. The session goes
-		// on as far as the login, whose refusal (57P03, as when the
-		// authentication cannot be recorded) the client reads; no token is
-		// verified and no statement can run.
-		c.unrecorded, c.endReason = true, "audit: session start not recorded: "+err.Error()
-		c.log.Error("audit: session start not recorded; refusing the login", "err", err)
-	} else {
-		c.started = true
+		// Closed before a byte reaches the target: there is no write slot
+		// to explain it in (the client sees the connection close), but
+		// going on to the login for one would open a backend on the
+		// target, and let its StartupMessage through, with nothing
+		// recorded.
+		return "audit: session start not recorded: " + err.Error()
 	}
+	c.started = true
 	c.sess = postgres.New(postgres.Config{
 		Target:    t.Name,
 		SessionID: c.id,
@@ -195,15 +183,11 @@ type authenticator struct {
 
 // Authenticate implements postgres.Authenticator.
 //
-// The authentication's record shares one deadline with the verification,
-// below Envoy's ext_proc message timeout (auditBudget): a store that does
-// not answer in time refuses the login in words.
+// The authentication's record has a deadline below Envoy's ext_proc
+// message timeout (auditBudget): a store that does not answer in time
+// refuses the login in words.
 func (a *authenticator) Authenticate(ctx context.Context, l postgres.Login) (postgres.Identity, error) {
 	c := a.conn
-	if c.unrecorded {
-		return postgres.Identity{}, &postgres.AuthError{SQLState: postgres.SQLStateAuditUnavailable,
-			Reason: auditDownAtLogin, Detail: "The session's start could not be recorded.", Hint: "Try again later."}
-	}
 	actx, cancel := budgeted(ctx, a.cfg, false)
 	defer cancel()
 	v, err := c.srv.opts.Verifier.Verify(ctx, l.Token)

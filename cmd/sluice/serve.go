@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -153,8 +154,12 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 			return nil, err
 		}
 		// Stop (when the grace period ends) still waits for the handlers to
-		// return, so that their last events (session.end, results) reach
-		// the audit store before it closes.
+		// return, so that the records they make on their way out
+		// (session.end, the results of runs a session ended) reach the
+		// audit store before it closes. Records made in the background (a
+		// finished run's result, an http.response) may still meet a closed
+		// store and be lost; the statement or request each follows was
+		// recorded before it ran.
 		g := grpc.NewServer(append(tel.GRPCServerOptions(), grpc.WaitForHandlers(true))...)
 		healthpb.RegisterHealthServer(g, s.health)
 		reflection.Register(g)
@@ -271,7 +276,7 @@ func (s *server) recordConfig(cfg *policies.Config, reason string, failure error
 	e := audit.Event{Kind: audit.KindConfigReload, Request: "apply " + cfg.Source, Digest: cfg.Digest,
 		Decision: "allow", Reason: reason}
 	if failure != nil {
-		e.Decision, e.Reason, e.Error = "deny", "refused", failure.Error()
+		e.Decision, e.Reason, e.Error = "deny", reason, failure.Error()
 	}
 	return s.audit.Append(ctx, e)
 }
@@ -282,29 +287,32 @@ const configAuditTimeout = 5 * time.Second
 // apply takes a reloaded config, recorded first (a reload that cannot be
 // recorded is refused, and the running config stays): xDS first, since
 // it refuses what Envoy would refuse; only then does the decision use the
-// new policies. A refusal from here on is recorded as well.
-func (s *server) apply(cfg *policies.Config) (err error) {
+// new policies. A refusal from here on is recorded as well, saying which
+// parts already run the new config (a refusal after xDS took it leaves
+// Envoy on the new one).
+func (s *server) apply(cfg *policies.Config) error {
 	if err := s.recordConfig(cfg, "reloaded", nil); err != nil {
 		return fmt.Errorf("the reload could not be recorded in the audit trail: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			if rerr := s.recordConfig(cfg, "", err); rerr != nil {
+	stages := []struct {
+		name   string
+		update func(*policies.Config) error
+	}{{"xds", s.xds.Update}, {"authz", s.authz.Update}, {"extproc-postgres", s.netproc.Update}, {"extproc-http", s.httpproc.Update}}
+	for i, st := range stages {
+		if err := st.update(cfg); err != nil {
+			reason := "refused by " + st.name
+			if i > 0 {
+				var took []string
+				for _, p := range stages[:i] {
+					took = append(took, p.name)
+				}
+				reason += "; already applied to " + strings.Join(took, ", ")
+			}
+			if rerr := s.recordConfig(cfg, reason, err); rerr != nil {
 				s.log.Error("config refusal not recorded", "err", rerr)
 			}
+			return fmt.Errorf("%s: %w", st.name, err)
 		}
-	}()
-	if err := s.xds.Update(cfg); err != nil {
-		return err
-	}
-	if err := s.authz.Update(cfg); err != nil {
-		return err
-	}
-	if err := s.netproc.Update(cfg); err != nil {
-		return err
-	}
-	if err := s.httpproc.Update(cfg); err != nil {
-		return err
 	}
 	s.cfg.Store(cfg)
 	return nil

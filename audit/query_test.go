@@ -27,25 +27,7 @@ func TestQueryCursorWriterWithColons(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	seen := map[int64]bool{}
-	f := Filter{Limit: 2}
-	for pages := 0; pages < 10; pages++ {
-		p, err := s.Query(context.Background(), f)
-		if err != nil {
-			t.Fatalf("page %d: %v", pages, err)
-		}
-		for _, r := range p.Records {
-			if seen[r.Seq] {
-				t.Fatalf("seq %d on two pages", r.Seq)
-			}
-			seen[r.Seq] = true
-		}
-		if p.Next == "" {
-			break
-		}
-		f.Cursor = p.Next
-	}
-	if len(seen) != 5 {
+	if seen := pageAll(t, s, Filter{Limit: 2}); len(seen) != 5 {
 		t.Errorf("paging saw %d events, want 5", len(seen))
 	}
 	c, err := parseCursor(cursor{timeNS: -5, writer: "a:b:", seq: 7}.String())

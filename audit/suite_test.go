@@ -146,6 +146,31 @@ func runSuite(t *testing.T, e env) {
 	t.Run("export catches up", func(t *testing.T) { testExportCatchUp(t, e) })
 }
 
+// pageAll follows f's pages to the end (at most 1,000) and returns the
+// seqs seen, failing on one seen twice.
+func pageAll(t *testing.T, s Store, f Filter) map[int64]bool {
+	t.Helper()
+	seen := map[int64]bool{}
+	for pages := 0; pages < 1000; pages++ {
+		p, err := s.Query(context.Background(), f)
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		for _, r := range p.Records {
+			if seen[r.Seq] {
+				t.Fatalf("seq %d on two pages", r.Seq)
+			}
+			seen[r.Seq] = true
+		}
+		if p.Next == "" {
+			return seen
+		}
+		f.Cursor = p.Next
+	}
+	t.Fatal("paging did not end")
+	return nil
+}
+
 func newKey(t testing.TB) ed25519.PrivateKey {
 	_, k, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -280,25 +305,7 @@ func testAppendQueryVerify(t *testing.T, e env) {
 	}
 
 	// Paging walks every event once, newest first.
-	seen := map[int64]bool{}
-	f := Filter{Limit: 6}
-	for pages := 0; ; pages++ {
-		p, err := s.Query(ctx, f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range p.Records {
-			if seen[r.Seq] {
-				t.Fatalf("seq %d on two pages", r.Seq)
-			}
-			seen[r.Seq] = true
-		}
-		if p.Next == "" {
-			break
-		}
-		f.Cursor = p.Next
-	}
-	if len(seen) != 41 {
+	if seen := pageAll(t, s, Filter{Limit: 6}); len(seen) != 41 {
 		t.Errorf("paging saw %d events, want 41", len(seen))
 	}
 

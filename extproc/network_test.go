@@ -68,6 +68,29 @@ func (s *sink) kinds() []audit.Kind {
 	return out
 }
 
+// dialServer serves what register registers on a loopback gRPC server
+// for the test's life, and returns a client connection to it with a
+// context for the test's streams (10 s).
+func dialServer(t *testing.T, register func(*grpc.Server)) (*grpc.ClientConn, context.Context) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	register(g)
+	go g.Serve(lis)
+	t.Cleanup(g.Stop)
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return cc, ctx
+}
+
 // stream starts a server and opens one Process stream, as Envoy does per
 // connection.
 func stream(t *testing.T, rec *sink) netextprocv3.NetworkExternalProcessor_ProcessClient {
@@ -80,21 +103,7 @@ func stream(t *testing.T, rec *sink) netextprocv3.NetworkExternalProcessor_Proce
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	srv.Register(g)
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
+	cc, ctx := dialServer(t, srv.Register)
 	st, err := netextprocv3.NewNetworkExternalProcessorClient(cc).Process(ctx)
 	if err != nil {
 		t.Fatal(err)

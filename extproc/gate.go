@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluicehq/sluice/audit"
@@ -39,6 +40,39 @@ type PolicyGate struct {
 
 	// rules caches compiled masking rules per config and rule names.
 	rules perConfig[*mask.Rules]
+	// background counts the result records in flight (Wait).
+	background inFlight
+}
+
+// Wait returns once the result records the gate made in the background
+// are appended (or ctx ends): shutdown calls it after the servers have
+// stopped, before the audit store closes.
+func (g *PolicyGate) Wait(ctx context.Context) error { return g.background.wait(ctx) }
+
+// inFlight counts records made in the background, so that shutdown can
+// wait for them before the audit store closes.
+type inFlight struct{ wg sync.WaitGroup }
+
+func (f *inFlight) run(fn func()) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		fn()
+	}()
+}
+
+func (f *inFlight) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		f.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 var _ postgres.Gate = (*PolicyGate)(nil)
@@ -467,7 +501,7 @@ func (g *PolicyGate) recordOutcome(ev audit.Event, a *sql.Analysis, o postgres.O
 		record(unfinishedRecordTimeout)
 		return
 	}
-	go record(resultRecordTimeout)
+	g.background.run(func() { record(resultRecordTimeout) })
 }
 
 // resultRecordTimeout bounds how long a result's record may wait for the

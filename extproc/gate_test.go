@@ -185,3 +185,26 @@ func TestGateUnfinishedResultRecordedAtOnce(t *testing.T) {
 		t.Errorf("last record %+v, want the incomplete result", last)
 	}
 }
+
+
+// TestGateWaitsForBackgroundRecords: a finished run's result is recorded
+// in the background; Wait, which shutdown calls before the audit store
+// closes, returns only once it is appended (or its context ends).
+func TestGateWaitsForBackgroundRecords(t *testing.T) {
+	s := &heldSink{appending: make(chan audit.Event, 1), release: make(chan struct{})}
+	g := testGate(t, s)
+	g.recordOutcome(audit.Event{Kind: audit.KindStatement, Request: "SELECT 1"}, nil, postgres.Outcome{Rows: 1})
+	<-s.appending
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := g.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait with a record in flight: %v, want its context's deadline", err)
+	}
+	close(s.release)
+	if err := g.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if k := s.kinds(); len(k) != 1 || k[0] != audit.KindStatementResult {
+		t.Errorf("recorded %v, want the one statement.result", k)
+	}
+}

@@ -70,7 +70,14 @@ type HTTPServer struct {
 	log   *slog.Logger
 	cfg   atomic.Pointer[policies.Config]
 	rules perConfig[*httpapi.JSONRules]
+	// background counts the http.response records in flight (Wait).
+	background inFlight
 }
+
+// Wait returns once the http.response records made in the background are
+// appended (or ctx ends): shutdown calls it after the servers have
+// stopped, before the audit store closes.
+func (s *HTTPServer) Wait(ctx context.Context) error { return s.background.wait(ctx) }
 
 var _ extprocv3.ExternalProcessorServer = (*HTTPServer)(nil)
 
@@ -561,11 +568,11 @@ func (x *exchange) finish() {
 	if !x.done && ev.Error == "" {
 		ev.Error = "the response did not complete"
 	}
-	go func() {
+	x.srv.background.run(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), resultRecordTimeout)
 		defer cancel()
 		_ = x.srv.opts.Audit.Append(ctx, ev)
-	}()
+	})
 }
 
 // compiled returns the JSON masking rules named, compiled once per config.

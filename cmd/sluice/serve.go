@@ -88,6 +88,7 @@ type server struct {
 	stopGrants context.CancelFunc
 	grantsAPI  *grants.API
 	netproc    *extproc.NetworkServer
+	gate       *extproc.PolicyGate
 	httpproc   *extproc.HTTPServer
 	audit      audit.Store
 	// cfg is the running config, swapped by apply on reload.
@@ -156,10 +157,9 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 		// Stop (when the grace period ends) still waits for the handlers to
 		// return, so that the records they make on their way out
 		// (session.end, the results of runs a session ended) reach the
-		// audit store before it closes. Records made in the background (a
-		// finished run's result, an http.response) may still meet a closed
-		// store and be lost; the statement or request each follows was
-		// recorded before it ran.
+		// audit store before it closes; run then waits for the records
+		// they left in the background (a finished run's result, an
+		// http.response) within the grace period.
 		g := grpc.NewServer(append(tel.GRPCServerOptions(), grpc.WaitForHandlers(true))...)
 		healthpb.RegisterHealthServer(g, s.health)
 		reflection.Register(g)
@@ -203,12 +203,12 @@ func newServer(cfg *policies.Config, log *slog.Logger, tel *telemetry.Telemetry,
 	// Postgres connections: the network ext_proc session verifies the
 	// agent's token with the authz server's verifier (one token cache) and
 	// gates every statement by policy, auditing it before it runs.
+	s.gate = &extproc.PolicyGate{Analyzer: analyzer, Config: s.config, Grants: authz.AuditedGrants(cached, sink), Audit: sink, Now: time.Now,
+		// Column rules hold through views: sluice reads each target's
+		// views from the target itself.
+		Views: &extproc.ViewCatalog{Config: s.config, Log: log.With("component", "view-catalog")}}
 	s.netproc, err = extproc.NewNetworkServer(extproc.NetworkOptions{
-		Config: cfg, Verifier: s.authz, Audit: sink, Logger: log.With("component", "extproc"),
-		Gate: &extproc.PolicyGate{Analyzer: analyzer, Config: s.config, Grants: authz.AuditedGrants(cached, sink), Audit: sink, Now: time.Now,
-			// Column rules hold through views: sluice reads each target's
-			// views from the target itself.
-			Views: &extproc.ViewCatalog{Config: s.config, Log: log.With("component", "view-catalog")}},
+		Config: cfg, Verifier: s.authz, Audit: sink, Logger: log.With("component", "extproc"), Gate: s.gate,
 	})
 	if err != nil {
 		return nil, err
@@ -402,6 +402,13 @@ func (s *server) run(ctx context.Context, configPath string) error {
 	_ = s.api.Shutdown(sctx)
 	for _, b := range s.grpcServers {
 		stopGracefully(sctx, b.srv)
+	}
+	// The handlers have returned; the records they left in the background
+	// (results, responses) are appended before the store closes.
+	for _, w := range []interface{ Wait(context.Context) error }{s.gate, s.httpproc} {
+		if err := w.Wait(sctx); err != nil {
+			s.log.Warn("audit records still in flight at shutdown", "err", err)
+		}
 	}
 	s.stopGrants()
 	if c, ok := s.grants.(io.Closer); ok {

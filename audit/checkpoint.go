@@ -60,11 +60,11 @@ type ChainHead struct {
 }
 
 type checkpointJSON struct {
-	V      int            `json:"v"`
-	Writer string         `json:"writer"`
-	Kind   CheckpointKind `json:"kind"`
-	Seq    int64          `json:"seq"`
-	Head   Hash           `json:"head"`
+	V       int            `json:"v"`
+	Writer  string         `json:"writer"`
+	Kind    CheckpointKind `json:"kind"`
+	Seq     int64          `json:"seq"`
+	Head    Hash           `json:"head"`
 	Time    time.Time      `json:"time"`
 	Key     string         `json:"key"`
 	Witness []ChainHead    `json:"witness,omitempty"`

@@ -50,12 +50,12 @@ type writer struct {
 	// owned by run
 	witness   []ChainHead          // for the chain's start (or resume) checkpoint
 	witnessed map[string]ChainHead // each other chain's head as this chain last witnessed it
-	seq     int64
-	head    Hash
-	resync  bool // the last commit failed: reread the head before the next
-	unseal  int  // events since the last checkpoint
-	sealed  time.Time
-	lastErr error
+	seq       int64
+	head      Hash
+	resync    bool // the last commit failed: reread the head before the next
+	unseal    int  // events since the last checkpoint
+	sealed    time.Time
+	lastErr   error
 }
 
 // pending is one Append waiting for its batch. done is buffered so run

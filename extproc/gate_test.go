@@ -186,7 +186,6 @@ func TestGateUnfinishedResultRecordedAtOnce(t *testing.T) {
 	}
 }
 
-
 // TestGateWaitsForBackgroundRecords: a finished run's result is recorded
 // in the background; Wait, which shutdown calls before the audit store
 // closes, returns only once it is appended (or its context ends).

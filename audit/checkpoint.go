@@ -45,8 +45,9 @@ type Checkpoint struct {
 	// Key is the public key that signed it.
 	Key ed25519.PublicKey
 	Sig []byte
-	// Witness, on a start or resume checkpoint, holds the heads of the
-	// store's other chains as this writer found them: a chain cut short
+	// Witness holds the heads of the store's other chains as this writer
+	// found them: all of them at its start (or resume), those that moved
+	// since on its later checkpoints. A chain cut short
 	// together with its own checkpoints still has to reach the head
 	// another chain's signed checkpoint saw (see Verify).
 	Witness []ChainHead

@@ -43,12 +43,11 @@ type writer struct {
 	// timeout: its appends have been answered with errFlushStalled, and new
 	// ones are refused at once until a sync completes.
 	stalled atomic.Bool
-	// others holds the other chains' heads as watchOthers last read them,
-	// for the next periodic or final checkpoint to witness.
+	// others holds the other chains' heads as last read (at start, then
+	// by watchOthers), for the next checkpoint to witness.
 	others atomic.Pointer[[]ChainHead]
 
 	// owned by run
-	witness   []ChainHead          // for the chain's start (or resume) checkpoint
 	witnessed map[string]ChainHead // each other chain's head as this chain last witnessed it
 	seq       int64
 	head      Hash
@@ -91,13 +90,14 @@ func startWriter(ctx context.Context, db dialect, id string, o options) (*writer
 	// taken: a chain without a signed start is one an attacker made up.
 	// It witnesses the other chains' heads, so that none of them can be
 	// cut short later, its own checkpoints with it, unnoticed.
-	if w.witness, err = otherHeads(ctx, db, id); err != nil {
+	heads, err := otherHeads(ctx, db, id)
+	if err != nil {
 		return nil, fmt.Errorf("audit: read the other chains: %w", err)
 	}
+	w.others.Store(&heads)
 	if err := w.commit(nil, kind); err != nil {
 		return nil, fmt.Errorf("audit: start chain %s: %w", id, err)
 	}
-	w.witness = nil
 	return w, nil // the caller starts run once notify is set
 }
 
@@ -437,13 +437,9 @@ func (w *writer) commit(batch []*pending, kind CheckpointKind) error {
 	var witnessed []ChainHead
 	now := w.opts.now()
 	if kind != "" {
-		cp := Checkpoint{Writer: w.id, Kind: kind, Seq: seq, Head: head, Time: now}
-		switch kind {
-		case CheckpointStart, CheckpointResume:
-			cp.Witness = w.witness
-		case CheckpointPeriodic, CheckpointFinal:
-			cp.Witness = w.newHeads()
-		}
+		// Every checkpoint witnesses the heads that moved since the last:
+		// at the start, all of them.
+		cp := Checkpoint{Writer: w.id, Kind: kind, Seq: seq, Head: head, Time: now, Witness: w.newHeads()}
 		witnessed = cp.Witness
 		body, err := w.signer.sign(&cp)
 		if err != nil {

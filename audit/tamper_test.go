@@ -58,6 +58,25 @@ func storedRecord(t *testing.T, raw *rawDB, w string, seq int64) Record {
 	return r
 }
 
+// firstProblem verifies the store at url and returns its first problem,
+// failing unless there is one of kind whose text contains want.
+func firstProblem(t *testing.T, url string, key ed25519.PrivateKey, kind ProblemKind, want string) Problem {
+	t.Helper()
+	rep, err := openRO(t, url, key).Verify(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK() {
+		t.Fatalf("tampering went unnoticed:\n%s", rep)
+	}
+	p := rep.Problems[0]
+	t.Logf("verify: %s", p)
+	if p.Kind != kind || !strings.Contains(p.String(), want) {
+		t.Errorf("first problem = %s (%s), want %s …%s…", p, p.Kind, kind, want)
+	}
+	return p
+}
+
 func testTamper(t *testing.T, e env) {
 	cases := []struct {
 		name   string
@@ -134,18 +153,7 @@ func testTamper(t *testing.T, e env) {
 			url, raw, w := trail(t, e, key, !c.open)
 			mustVerify(t, openRO(t, url, key))
 			c.tamper(t, raw, w, newKey(t))
-			rep, err := openRO(t, url, key).Verify(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.OK() {
-				t.Fatalf("tampering went unnoticed:\n%s", rep)
-			}
-			p := rep.Problems[0]
-			t.Logf("verify: %s", p)
-			if p.Kind != c.kind || !strings.Contains(p.String(), c.want) {
-				t.Errorf("first problem = %s (%s), want %s …%s…", p, p.Kind, c.kind, c.want)
-			}
+			p := firstProblem(t, url, key, c.kind, c.want)
 			if !strings.HasPrefix(p.String(), "chain ") {
 				t.Errorf("problem does not name its chain: %s", p)
 			}
@@ -196,18 +204,7 @@ func testTamperWitnessed(t *testing.T, e env) {
 				t.Fatalf("%d chains, want 2:\n%s", len(rep.Chains), rep)
 			}
 			c.tamper(t, raw, w, nextID)
-			rep, err := openRO(t, url, key).Verify(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rep.OK() {
-				t.Fatalf("tampering went unnoticed:\n%s", rep)
-			}
-			p := rep.Problems[0]
-			t.Logf("verify: %s", p)
-			if p.Kind != c.kind || !strings.Contains(p.String(), c.want) {
-				t.Errorf("first problem = %s (%s), want %s …%s…", p, p.Kind, c.kind, c.want)
-			}
+			firstProblem(t, url, key, c.kind, c.want)
 		})
 	}
 }

@@ -53,13 +53,7 @@ func (g *PolicyGate) Wait(ctx context.Context) error { return g.background.wait(
 // wait for them before the audit store closes.
 type inFlight struct{ wg sync.WaitGroup }
 
-func (f *inFlight) run(fn func()) {
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		fn()
-	}()
-}
+func (f *inFlight) run(fn func()) { f.wg.Go(fn) }
 
 func (f *inFlight) wait(ctx context.Context) error {
 	done := make(chan struct{})

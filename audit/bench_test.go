@@ -63,7 +63,8 @@ func BenchmarkAppendPostgres(b *testing.B) {
 // store that only encodes: its waits are the harness's own lateness (Go
 // timers on a busy machine), part of every figure beside it. store=floor
 // is the least a durable group commit can do here, store=floor-pipelined
-// the same overlapping writes and syncs as SQLite does (floorStore). Run with
+// the same overlapping writes and syncs as SQLite does, store=floor-indexed
+// the serial floor with a SQLite index filled behind it (floorStore). Run with
 // a fixed count, e.g. -benchtime 200000x (ten seconds at the budget rate).
 // SLUICE_AUDIT_BENCH_RATE offers another rate (appends per second), for
 // the wait at lighter loads; SLUICE_AUDIT_BENCH_SPIN=f keeps a fraction f
@@ -89,12 +90,17 @@ func BenchmarkAppendRate(b *testing.B) {
 			benchAppendAt(b, encodeOnly{}, n, rate)
 		})
 		b.Run(fmt.Sprintf("writers=%d/store=floor", n), func(b *testing.B) {
-			s := newFloorStore(b, false)
+			s := newFloorStore(b, false, false)
 			defer s.Close()
 			benchAppendAt(b, s, n, rate)
 		})
 		b.Run(fmt.Sprintf("writers=%d/store=floor-pipelined", n), func(b *testing.B) {
-			s := newFloorStore(b, true)
+			s := newFloorStore(b, true, false)
+			defer s.Close()
+			benchAppendAt(b, s, n, rate)
+		})
+		b.Run(fmt.Sprintf("writers=%d/store=floor-indexed", n), func(b *testing.B) {
+			s := newFloorStore(b, false, true)
 			defer s.Close()
 			benchAppendAt(b, s, n, rate)
 		})

@@ -73,10 +73,17 @@ type sqliteDB struct {
 
 // walCheckpointEvery is how often the WAL is folded into the database
 // file, whose copied pages writeBack then sends to the disk over the next
-// interval. Short rounds keep each round's I/O small: at 10,000 events/s
-// (with a flush after each round) the p99 append wait was 15-16 ms at
-// 200 ms against 22 ms at 50 ms and 36 ms at 1 s (BENCHMARKS.md, "Audit").
-var walCheckpointEvery = 200 * time.Millisecond // a variable for tests
+// interval. A round is one SQLite call that copies the interval's pages
+// with a pread and a pwrite each: at 10,000 events/s and 200 ms, 7 ms of
+// which 4 ms in the kernel, all of it on one of the runtime's Ps, which on
+// two cores is half of what the appenders and the writer can run on.
+// Shorter rounds hold it for less at a time: at 10,000 events/s the p99
+// append wait was 6.7-9.5 ms at 100 ms against 8.9-13.8 ms at 200 ms, and
+// at 5,000/s 4.0-4.9 against 4.9-5.4 ms, with the same closed-loop
+// throughput (BENCHMARKS.md, "Audit", "The checkpoint's share of a P").
+// 50 ms was worse (41 and 49 ms), as it was before writeBack existed
+// (22 ms against 15-16 ms at 200 ms, and 36 ms at 1 s).
+var walCheckpointEvery = 100 * time.Millisecond // a variable for tests
 
 // walCatchUpFrames is the WAL length (in 4 KiB frames, 64 MiB) past which
 // the writer finishes a checkpoint itself. A PASSIVE checkpoint running
@@ -247,7 +254,7 @@ func (d *sqliteDB) checkpointWAL() {
 				// written back already), so the catch-up itself has only
 				// the frames written since to copy and flush: 3-6 ms
 				// rather than the 23-40 ms it took after a write-back
-				// round (whose 200 ms of new frames it had to copy). An
+				// round (whose interval of new frames it had to copy). An
 				// error here is SQLite's too: Linux reports a failed
 				// writeback to every open file of it, so the catch-up's own
 				// flush fails and the WAL, holding every frame, is kept.

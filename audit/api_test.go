@@ -219,6 +219,11 @@ func TestQueryAPIBadInput(t *testing.T) {
 		{"class=reads", "class: unknown operation class"},
 		{"kind=statment", `kind: unknown kind "statment"`},
 		{"decision=allowed", `decision: unknown decision "allowed"`},
+		{"q=%FF%FE", "q: is not valid UTF-8"},
+		{"principal=a%00b", "principal: contains a NUL byte"},
+		{"target=orders%C0", "target: is not valid UTF-8"},
+		{"grant_id=%00", "grant_id: contains a NUL byte"},
+		{"cursor=" + cursor{1, "w\xff", 1}.String(), "cursor: invalid cursor"},
 	} {
 		code, reason := get(c.query)
 		if code != 400 || !strings.Contains(reason, c.want) {
@@ -230,8 +235,8 @@ func TestQueryAPIBadInput(t *testing.T) {
 			t.Errorf("%s: %d %s", q, code, reason)
 		}
 	}
-	if len(rec.events) != 17 {
-		t.Fatalf("recorded %d reads, want 17 (14 refused, 3 answered)", len(rec.events))
+	if len(rec.events) != 22 {
+		t.Fatalf("recorded %d reads, want 22 (19 refused, 3 answered)", len(rec.events))
 	}
 	if e := rec.events[0]; e.Kind != KindAuditQuery || e.Decision != "deny" || e.Request != "GET /v1/audit?principle=alice" ||
 		!strings.Contains(e.Reason, "invalid query: principle: unknown parameter") {

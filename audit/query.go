@@ -89,10 +89,17 @@ func checkRange(t time.Time) error {
 		t.Format(time.RFC3339), MinQueryTime.Format(time.RFC3339), MaxQueryTime.Format(time.RFC3339))
 }
 
-// Validate checks what Query would otherwise answer wrongly: times out of
-// the store's range, and a Since not before Until. The error names the
-// field as the query parameter (since, until).
+// Validate checks what Query would otherwise answer wrongly: text that is
+// not UTF-8 or holds NUL (see columnText), times out of the store's range,
+// and a Since not before Until. The error names the field as the query
+// parameter (q, since, until…).
 func (f Filter) Validate() error {
+	for _, p := range []struct{ name, v string }{{"principal", f.Principal}, {"target", f.Target}, {"kind", string(f.Kind)},
+		{"decision", f.Decision}, {"grant_id", f.GrantID}, {"q", f.Text}} {
+		if err := validText(p.v); err != nil {
+			return &ParamError{Param: p.name, Err: err}
+		}
+	}
 	if err := checkTime(f.Since); err != nil {
 		return &ParamError{Param: "since", Err: err}
 	}
@@ -136,7 +143,7 @@ func parseCursor(s string) (cursor, error) {
 		if ok1 && i >= 0 {
 			t, err1 := strconv.ParseInt(ts, 10, 64)
 			n, err2 := strconv.ParseInt(rest[i+1:], 10, 64)
-			if err1 == nil && err2 == nil {
+			if err1 == nil && err2 == nil && validText(rest[:i]) == nil {
 				return cursor{t, rest[:i], n}, nil
 			}
 		}

@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sluicehq/sluice/policies"
 )
@@ -279,10 +281,48 @@ func indexOf(e Event) index {
 		classes = "," + strings.Join(classNames(e.Classes), ",") + ","
 	}
 	return index{
-		TimeNS: e.Time.UnixNano(), Kind: string(e.Kind), Subject: e.Principal.Subject, Client: e.Principal.Client,
-		OnBehalfOf: e.Principal.OnBehalfOf, Target: e.Target, Decision: e.Decision, Classes: classes,
-		GrantID: e.GrantID, Request: e.Request, Reason: e.Reason,
+		TimeNS: e.Time.UnixNano(), Kind: columnText(string(e.Kind)), Subject: columnText(e.Principal.Subject),
+		Client: columnText(e.Principal.Client), OnBehalfOf: columnText(e.Principal.OnBehalfOf), Target: columnText(e.Target),
+		Decision: columnText(e.Decision), Classes: classes, GrantID: columnText(e.GrantID),
+		Request: columnText(e.Request), Reason: columnText(e.Reason),
 	}
+}
+
+// columnText is s as an index column holds it: each byte that is not
+// UTF-8, and each NUL, becomes U+FFFD. The body already writes the bytes
+// that are not UTF-8 that way (as encoding/json does), so a column built
+// from the event and one built from its decoded body agree, which verify
+// checks; Postgres text holds neither such bytes nor NUL, and refused the
+// whole batch they were in. Statement text, HTTP paths and Postgres
+// startup parameters all come from the agent, so either can be in them.
+func columnText(s string) string {
+	if strings.IndexByte(s, 0) < 0 && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == 0 || (r == utf8.RuneError && n == 1) {
+			b.WriteRune(utf8.RuneError)
+		} else {
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// validText fails for s that columnText would change: a query for it
+// could match nothing as given, and Postgres would refuse it.
+func validText(s string) error {
+	switch {
+	case strings.IndexByte(s, 0) >= 0:
+		return errors.New("contains a NUL byte")
+	case !utf8.ValidString(s):
+		return errors.New("is not valid UTF-8 (stored events hold U+FFFD for such bytes)")
+	}
+	return nil
 }
 
 // indexColumns names the index columns in the order of index's fields.

@@ -144,6 +144,7 @@ func runSuite(t *testing.T, e env) {
 	t.Run("retention", func(t *testing.T) { testRetention(t, e) })
 	t.Run("sigkill", func(t *testing.T) { testKill(t, e) })
 	t.Run("export catches up", func(t *testing.T) { testExportCatchUp(t, e) })
+	t.Run("hostile text", func(t *testing.T) { testHostileText(t, e) })
 }
 
 // pageAll follows f's pages to the end (at most 1,000) and returns the

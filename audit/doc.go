@@ -19,7 +19,11 @@
 // encoder reproducing them. Columns used by queries (time, kind, subject,
 // target, decision, classes, grant id, request, reason) are copies of body
 // fields; verify checks they agree with the body, so editing a column to
-// hide an event from queries is detected like editing the body.
+// hide an event from queries is detected like editing the body. Text from
+// the agent may hold bytes that are not UTF-8, and NUL: the body (JSON)
+// holds U+FFFD for the first and \u0000 for NUL, and the columns U+FFFD
+// for both, which both stores accept. A query for such text names U+FFFD;
+// one naming the raw bytes is refused.
 //
 // One chain per writer keeps replicas independent (no shared counter, no
 // cross-replica lock on the append path) and makes a chain's order the

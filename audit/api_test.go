@@ -224,6 +224,7 @@ func TestQueryAPIBadInput(t *testing.T) {
 		{"target=orders%C0", "target: is not valid UTF-8"},
 		{"grant_id=%00", "grant_id: contains a NUL byte"},
 		{"cursor=" + cursor{1, "w\xff", 1}.String(), "cursor: invalid cursor"},
+		{"q=" + strings.Repeat("%25", 10001), "q: is 10001 bytes; at most 10000"},
 	} {
 		code, reason := get(c.query)
 		if code != 400 || !strings.Contains(reason, c.want) {
@@ -235,8 +236,8 @@ func TestQueryAPIBadInput(t *testing.T) {
 			t.Errorf("%s: %d %s", q, code, reason)
 		}
 	}
-	if len(rec.events) != 22 {
-		t.Fatalf("recorded %d reads, want 22 (19 refused, 3 answered)", len(rec.events))
+	if len(rec.events) != 23 {
+		t.Fatalf("recorded %d reads, want 23 (20 refused, 3 answered)", len(rec.events))
 	}
 	if e := rec.events[0]; e.Kind != KindAuditQuery || e.Decision != "deny" || e.Request != "GET /v1/audit?principle=alice" ||
 		!strings.Contains(e.Reason, "invalid query: principle: unknown parameter") {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/policies"
 	"github.com/sluicehq/sluice/test/testenv"
 )
 
@@ -19,7 +20,7 @@ func fillChains(t *testing.T, db dialect, n, per int, t0 time.Time) {
 	for w := range n {
 		var evs []eventRow
 		for i := range per {
-			ev := statement("agent", "orders-db", "SELECT 1", 0)
+			ev := statement("agent", "orders-db", "SELECT 1", policies.ClassRead)
 			ev.Time = t0.Add(time.Duration(w*per+i) * time.Millisecond)
 			enc, err := encodeEvent(ev)
 			if err != nil {

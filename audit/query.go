@@ -70,6 +70,10 @@ var (
 	MaxQueryTime = time.Unix(0, math.MaxInt64).UTC()
 )
 
+// MaxQueryText bounds Filter.Text: SQLite refuses a LIKE pattern over
+// 50,000 bytes, and escaping can double the text.
+const MaxQueryText = 10000
+
 // checkTime fails for a time the store cannot compare with (see
 // MinQueryTime); the zero time means no bound.
 func checkTime(t time.Time) error {
@@ -90,7 +94,8 @@ func checkRange(t time.Time) error {
 }
 
 // Validate checks what Query would otherwise answer wrongly: text that is
-// not UTF-8 or holds NUL (see columnText), times out of the store's range,
+// not UTF-8 or holds NUL (see columnText), a q over MaxQueryText, times
+// out of the store's range,
 // and a Since not before Until. The error names the field as the query
 // parameter (q, since, until…).
 func (f Filter) Validate() error {
@@ -99,6 +104,9 @@ func (f Filter) Validate() error {
 		if err := validText(p.v); err != nil {
 			return &ParamError{Param: p.name, Err: err}
 		}
+	}
+	if len(f.Text) > MaxQueryText {
+		return &ParamError{Param: "q", Err: fmt.Errorf("is %d bytes; at most %d", len(f.Text), MaxQueryText)}
 	}
 	if err := checkTime(f.Since); err != nil {
 		return &ParamError{Param: "since", Err: err}

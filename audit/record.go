@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -218,8 +219,40 @@ type encodedEvent struct {
 }
 
 func encodeEvent(e Event) (encodedEvent, error) {
+	if err := checkAppend(e); err != nil {
+		return encodedEvent{}, err
+	}
 	j, err := appendEventJSON(make([]byte, 0, encodedSizeHint(e)), e)
 	return encodedEvent{json: j, ix: indexOf(e)}, err
+}
+
+// maxIndexedText bounds the fields Postgres keeps in a btree index
+// (target, grant id), whose entries hold at most 2,704 bytes: a longer
+// one failed the COPY, and so every append of its batch.
+const maxIndexedText = 1024
+
+// checkAppend refuses, on the appending goroutine and for that append
+// alone, an event the store would take but could not give back as
+// written: a time outside the 64-bit nanoseconds of time_ns (it wrapped,
+// and retention took the event for an old one and removed the events
+// before it with it), a class that does not decode (verify then called
+// the event altered), or an indexed field past maxIndexedText.
+func checkAppend(e Event) error {
+	if err := checkRange(e.Time); err != nil {
+		return fmt.Errorf("time: %w", err)
+	}
+	for _, c := range e.Classes {
+		if !slices.Contains(policies.AllClasses, c) {
+			return fmt.Errorf("classes: %d is not an operation class", int(c))
+		}
+	}
+	if len(e.Target) > maxIndexedText {
+		return fmt.Errorf("target is %d bytes; at most %d", len(e.Target), maxIndexedText)
+	}
+	if len(e.GrantID) > maxIndexedText {
+		return fmt.Errorf("grant id is %d bytes; at most %d", len(e.GrantID), maxIndexedText)
+	}
+	return nil
 }
 
 // sealEncoded is seal for a pre-encoded event: the same bytes as

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -83,8 +84,14 @@ func WithTrustedKeys(k ...ed25519.PublicKey) Option {
 }
 
 // WithWriterID fixes this process's chain id (a replica name) instead of
-// a random one per start. Two live processes must never share one.
+// a random one per start. Two live processes must never share one. It is
+// 1 to 128 of A-Z a-z 0-9 . _ - : (writerIDRe); Open refuses another.
 func WithWriterID(id string) Option { return func(o *options) { o.writerID = id } }
+
+// writerIDRe is what a writer id may be: text every column and body holds
+// as it is (one with bytes that are not UTF-8 made verify call its
+// checkpoints altered).
+var writerIDRe = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
 
 // ReadOnly opens the store for query and verification only: no chain is
 // started and Append fails.
@@ -207,6 +214,9 @@ func newStore(ctx context.Context, db dialect, o options) (_ *store, err error) 
 		return nil, fmt.Errorf("audit: a writable store needs a signing key (audit.signing_key_file): %w", errNoKey)
 	}
 	id := o.writerID
+	if id != "" && !writerIDRe.MatchString(id) {
+		return nil, fmt.Errorf("audit: writer id %q: expected 1 to 128 of A-Z a-z 0-9 . _ - :", id)
+	}
 	if id == "" {
 		var b [8]byte
 		if _, err := rand.Read(b[:]); err != nil {

@@ -145,6 +145,7 @@ func runSuite(t *testing.T, e env) {
 	t.Run("sigkill", func(t *testing.T) { testKill(t, e) })
 	t.Run("export catches up", func(t *testing.T) { testExportCatchUp(t, e) })
 	t.Run("hostile text", func(t *testing.T) { testHostileText(t, e) })
+	t.Run("refused alone", func(t *testing.T) { testRefusedAlone(t, e) })
 }
 
 // pageAll follows f's pages to the end (at most 1,000) and returns the

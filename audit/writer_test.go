@@ -143,6 +143,7 @@ func TestWriterClosesWithAHeldBatch(t *testing.T) {
 	// The second append is queued as Append queues it, so that it is known
 	// to be in the queue before Close (an Append racing Close may be
 	// refused instead, rightly), and then taken and held by the writer.
+	ev.Time = time.Now() // as Append stamps it
 	enc, err := encodeEvent(ev)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,16 +71,40 @@ func NewOTLPExporter(ctx context.Context, o OTLPOptions) (*OTLPExporter, error) 
 // Name keys the exporter's cursor.
 func (x *OTLPExporter) Name() string { return "otlp" }
 
-// Export sends recs in one OTLP request.
+// Export sends recs in OTLP requests of at most about otlpMaxRequest
+// bytes each, in order. A receiver refuses a message over its limit (4 MiB
+// by gRPC's default) and the shipper would send the same batch again and
+// again: 512 records of 10 KB statements stopped the export for good. On
+// an error the requests already sent are sent again with the rest.
 func (x *OTLPExporter) Export(ctx context.Context, recs []Record) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.col.take()
+	size := 0
 	for _, r := range recs {
-		x.logger.Emit(ctx, logRecord(r))
+		lr, n := logRecord(r)
+		if size > 0 && size+n > otlpMaxRequest {
+			if err := x.exp.Export(ctx, x.col.take()); err != nil {
+				return err
+			}
+			size = 0
+		}
+		x.logger.Emit(ctx, lr)
+		size += n
 	}
 	return x.exp.Export(ctx, x.col.take())
 }
+
+// OTLP size limits. A record is at most about 2 MiB, after otlpMaxField
+// (the body and each string attribute, ~25 of them) and otlpMaxListItems
+// of otlpMaxItem (each list attribute, 4 of them), so a request of one
+// record still fits a 4 MiB receiver.
+const (
+	otlpMaxRequest   = 2 << 20
+	otlpMaxField     = 64 << 10
+	otlpMaxListItems = 256
+	otlpMaxItem      = 256
+)
 
 // Shutdown closes the connection.
 func (x *OTLPExporter) Shutdown(ctx context.Context) error {
@@ -87,7 +112,19 @@ func (x *OTLPExporter) Shutdown(ctx context.Context) error {
 	return x.exp.Shutdown(ctx)
 }
 
-func logRecord(r Record) otellog.Record {
+// logRecord is r as an OTLP log record, and about how many bytes it adds
+// to a request. A body or attribute over the limits above is cut at a
+// UTF-8 boundary and the record carries sluice.audit.truncated: the whole
+// record stays in the store, found by its writer, seq and hash.
+func logRecord(r Record) (otellog.Record, int) {
+	size, truncated := 64, false
+	cut := func(v string, max int) string {
+		if len(v) > max {
+			v, truncated = strings.ToValidUTF8(v[:max], ""), true
+		}
+		size += len(v) + 16
+		return v
+	}
 	var lr otellog.Record
 	lr.SetTimestamp(r.Time)
 	lr.SetObservedTimestamp(r.Time)
@@ -96,8 +133,8 @@ func logRecord(r Record) otellog.Record {
 	if r.Decision == "deny" || r.Error != "" {
 		lr.SetSeverity(otellog.SeverityWarn)
 	}
-	lr.SetBody(attribute.StringValue(r.Request))
-	kv := attribute.String
+	lr.SetBody(attribute.StringValue(cut(r.Request, otlpMaxField)))
+	kv := func(k, v string) attribute.KeyValue { return attribute.String(k, cut(v, otlpMaxField)) }
 	attrs := []attribute.KeyValue{
 		kv("sluice.audit.writer", r.Writer), attribute.Int64("sluice.audit.seq", r.Seq),
 		kv("sluice.audit.hash", r.Hash.String()), kv("sluice.audit.prev", r.Prev.String()),
@@ -127,9 +164,17 @@ func logRecord(r Record) otellog.Record {
 		attrs = append(attrs, attribute.Int("http.response.status_code", r.HTTPStatus))
 	}
 	list := func(k string, vs []string) {
-		if len(vs) > 0 {
-			attrs = append(attrs, attribute.StringSlice(k, vs))
+		if len(vs) == 0 {
+			return
 		}
+		if len(vs) > otlpMaxListItems {
+			vs, truncated = vs[:otlpMaxListItems], true
+		}
+		items := make([]string, len(vs))
+		for i, v := range vs {
+			items[i] = cut(v, otlpMaxItem)
+		}
+		attrs = append(attrs, attribute.StringSlice(k, items))
 	}
 	list("enduser.groups", r.Principal.Groups)
 	list("sluice.classes", classNames(r.Classes))
@@ -139,8 +184,11 @@ func logRecord(r Record) otellog.Record {
 		attrs = append(attrs, attribute.Int64("sluice.rows", r.Rows), attribute.Int64("sluice.bytes", r.Bytes),
 			attribute.Int64("sluice.duration_ns", int64(r.Duration)))
 	}
+	if truncated {
+		attrs = append(attrs, attribute.Bool("sluice.audit.truncated", true))
+	}
 	lr.AddAttributes(attrs...)
-	return lr
+	return lr, size
 }
 
 // collector is the Processor that keeps what the Logger emits.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +29,10 @@ type receiver struct {
 	mu   sync.Mutex
 	seqs map[string]map[int64]bool // writer → seqs received
 	n    int
+	// truncated holds the seqs received with sluice.audit.truncated set,
+	// and bodies their bodies' lengths.
+	truncated map[int64]bool
+	bodies    map[int64]int
 }
 
 func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceRequest) (*collogs.ExportLogsServiceResponse, error) {
@@ -41,14 +46,22 @@ func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceReque
 			for _, lr := range sl.LogRecords {
 				var w string
 				var seq int64
+				var cut bool
 				for _, a := range lr.Attributes {
 					switch a.Key {
 					case "sluice.audit.writer":
 						w = a.Value.GetStringValue()
 					case "sluice.audit.seq":
 						seq = a.Value.GetIntValue()
+					case "sluice.audit.truncated":
+						cut = a.Value.GetBoolValue()
 					}
 				}
+				if r.truncated == nil {
+					r.truncated, r.bodies = map[int64]bool{}, map[int64]int{}
+				}
+				r.truncated[seq] = cut
+				r.bodies[seq] = len(lr.Body.GetStringValue())
 				if r.seqs[w] == nil {
 					r.seqs[w] = map[int64]bool{}
 				}
@@ -171,5 +184,48 @@ func testExportCatchUp(t *testing.T, e env) {
 	waitFor(t, "the stopped chain's tail", 20*time.Second, func() bool { return rcv.count(w1) == 110 })
 	if n := len(lines(t, jsonl)); n != 110 {
 		t.Errorf("jsonl has %d lines, want 110", n)
+	}
+}
+
+// TestOTLPExportSplitsAndCuts: records too large together, or alone, for a
+// receiver's 4 MiB message are still shipped. Before, the shipper sent the
+// same 512 records again and again ("received message larger than max")
+// and the OTLP export of the chain stopped for good.
+func TestOTLPExportSplitsAndCuts(t *testing.T) {
+	rcv, addr := startReceiver(t)
+	o, err := NewOTLPExporter(context.Background(), OTLPOptions{Endpoint: addr, Insecure: true, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, "sqlite://"+filepath.Join(t.TempDir(), "audit.db"), newKey(t), WithExporters(o))
+	defer s.Close()
+	ctx := context.Background()
+	stmt := "SELECT " + strings.Repeat("x, ", 3400) + "1" // 10 KB
+	var wg sync.WaitGroup
+	for range 600 {
+		wg.Go(func() {
+			if err := s.Append(ctx, statement("agent", "orders-db", stmt, policies.ClassRead)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	huge := statement("agent", "orders-db", "SELECT '"+strings.Repeat("é", 3<<20)+"'", policies.ClassRead) // 6 MiB
+	huge.Tables = make([]string, 1000)
+	for i := range huge.Tables {
+		huge.Tables[i] = strings.Repeat("t", 1000)
+	}
+	rec, err := s.Commit(ctx, huge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "601 records at the receiver", 30*time.Second, func() bool { return rcv.count(s.Writer()) == 601 })
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	if !rcv.truncated[rec.Seq] || rcv.bodies[rec.Seq] > otlpMaxField || rcv.bodies[rec.Seq] < otlpMaxField-1 {
+		t.Errorf("the 6 MiB record arrived with truncated=%v and a body of %d bytes", rcv.truncated[rec.Seq], rcv.bodies[rec.Seq])
+	}
+	if rcv.truncated[1] || rcv.bodies[1] != len(stmt) {
+		t.Errorf("a 10 KB record arrived with truncated=%v and a body of %d bytes", rcv.truncated[1], rcv.bodies[1])
 	}
 }

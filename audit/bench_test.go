@@ -123,6 +123,9 @@ func BenchmarkAppendRate(b *testing.B) {
 type encodeOnly struct{ Store }
 
 func (encodeOnly) Append(_ context.Context, e Event) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now() // as Store.Commit stamps it
+	}
 	_, err := encodeEvent(e)
 	return err
 }

@@ -86,6 +86,7 @@ func TestEncodeEventYearOutOfRange(t *testing.T) {
 func BenchmarkEncodeEvent(b *testing.B) {
 	ev := statement("agent-1", "orders-db", "SELECT id, status, total FROM orders WHERE customer_id = $1 ORDER BY id DESC LIMIT 50", policies.ClassRead)
 	ev.MaskedColumns = []string{"customers.email"}
+	ev.Time = time.Now()
 	b.Run("reflection", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

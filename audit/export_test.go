@@ -33,6 +33,9 @@ type receiver struct {
 	// and bodies their bodies' lengths.
 	truncated map[int64]bool
 	bodies    map[int64]int
+	// tables holds, per seq, how many sluice.tables items arrived and the
+	// longest one's length.
+	tables map[int64][2]int
 }
 
 func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceRequest) (*collogs.ExportLogsServiceResponse, error) {
@@ -55,6 +58,16 @@ func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceReque
 						seq = a.Value.GetIntValue()
 					case "sluice.audit.truncated":
 						cut = a.Value.GetBoolValue()
+					case "sluice.tables":
+						items := a.Value.GetArrayValue().GetValues()
+						longest := 0
+						for _, v := range items {
+							longest = max(longest, len(v.GetStringValue()))
+						}
+						if r.tables == nil {
+							r.tables = map[int64][2]int{}
+						}
+						r.tables[seq] = [2]int{len(items), longest}
 					}
 				}
 				if r.truncated == nil {
@@ -224,6 +237,10 @@ func TestOTLPExportSplitsAndCuts(t *testing.T) {
 	defer rcv.mu.Unlock()
 	if !rcv.truncated[rec.Seq] || rcv.bodies[rec.Seq] > otlpMaxField || rcv.bodies[rec.Seq] < otlpMaxField-1 {
 		t.Errorf("the 6 MiB record arrived with truncated=%v and a body of %d bytes", rcv.truncated[rec.Seq], rcv.bodies[rec.Seq])
+	}
+	if got := rcv.tables[rec.Seq]; got != [2]int{otlpMaxListItems, otlpMaxItem} {
+		t.Errorf("the record's 1,000 tables of 1,000 bytes arrived as %d, the longest %d bytes; want %d of at most %d",
+			got[0], got[1], otlpMaxListItems, otlpMaxItem)
 	}
 	if rcv.truncated[1] || rcv.bodies[1] != len(stmt) {
 		t.Errorf("a 10 KB record arrived with truncated=%v and a body of %d bytes", rcv.truncated[1], rcv.bodies[1])

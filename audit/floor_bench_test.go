@@ -113,6 +113,9 @@ func (s *floorStore) openIndex(b *testing.B) {
 }
 
 func (s *floorStore) Append(ctx context.Context, e Event) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now() // as Store.Commit stamps it
+	}
 	enc, err := encodeEvent(e)
 	if err != nil {
 		return err

@@ -313,7 +313,7 @@ func checkEvent(w string, cur, nxt *storedEvent, exp int64, prev Hash, base, fin
 	if cur.seq != r.Seq {
 		return prob(r.Seq, ProblemAltered, "event seq %d altered (its seq column says %d)", r.Seq, cur.seq)
 	}
-	if col := cur.ix.diff(indexOf(r.Event)); col != "" {
+	if col := cur.ix.diff(indexOf(r.Event)); col != "" && cur.ix.diff(rawIndexOf(r.Event)) != "" {
 		return prob(r.Seq, ProblemAltered, "event seq %d altered (column %s differs from the hashed record)", r.Seq, col)
 	}
 	if cp, ok := seals[r.Seq]; ok && cp.Head != Hash(h) {

@@ -95,9 +95,8 @@ func checkRange(t time.Time) error {
 
 // Validate checks what Query would otherwise answer wrongly: text that is
 // not UTF-8 or holds NUL (see columnText), a q over MaxQueryText, times
-// out of the store's range,
-// and a Since not before Until. The error names the field as the query
-// parameter (q, since, until…).
+// out of the store's range, and a Since not before Until. The error names
+// the field as the query parameter (q, since, until…).
 func (f Filter) Validate() error {
 	for _, p := range []struct{ name, v string }{{"principal", f.Principal}, {"target", f.Target}, {"kind", string(f.Kind)},
 		{"decision", f.Decision}, {"grant_id", f.GrantID}, {"q", f.Text}} {

@@ -64,14 +64,8 @@ func (r *receiver) Export(_ context.Context, req *collogs.ExportLogsServiceReque
 						for _, v := range items {
 							longest = max(longest, len(v.GetStringValue()))
 						}
-						if r.tables == nil {
-							r.tables = map[int64][2]int{}
-						}
 						r.tables[seq] = [2]int{len(items), longest}
 					}
-				}
-				if r.truncated == nil {
-					r.truncated, r.bodies = map[int64]bool{}, map[int64]int{}
 				}
 				r.truncated[seq] = cut
 				r.bodies[seq] = len(lr.Body.GetStringValue())
@@ -97,7 +91,7 @@ func startReceiver(t *testing.T) (*receiver, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &receiver{seqs: map[string]map[int64]bool{}}
+	r := &receiver{seqs: map[string]map[int64]bool{}, truncated: map[int64]bool{}, bodies: map[int64]int{}, tables: map[int64][2]int{}}
 	srv := grpc.NewServer()
 	collogs.RegisterLogsServiceServer(srv, r)
 	go srv.Serve(lis)

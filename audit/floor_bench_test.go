@@ -98,10 +98,11 @@ func (s *floorStore) openIndex(b *testing.B) {
 				b.Error(err)
 				continue
 			}
+			st := tx.Stmt(insert)
 			for _, a := range batch {
 				seq++
 				row := eventRow{writer: "floor", seq: seq, hash: h, prev: h, body: string(a.enc.json), ix: a.enc.ix}
-				if _, err := tx.Stmt(insert).Exec(row.args()...); err != nil {
+				if _, err := st.Exec(row.args()...); err != nil {
 					b.Error(err)
 				}
 			}
